@@ -1,0 +1,117 @@
+"""The ``perception`` command: one entry point, one subcommand per job.
+
+Only argparse is imported at module level so ``perception --help`` answers at once;
+each subcommand imports its heavy machinery (torch, cv2, ...) when it runs. User
+mistakes surface as one ``perception <cmd>: error: ...`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``HxW`` -> ``(H, W)``."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"size must look like 384x640 (HxW), got {text!r}"
+        ) from None
+    if h < 32 or w < 32:
+        raise argparse.ArgumentTypeError(f"size {text!r} is too small (at least 32x32)")
+    return h, w
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")  # one render process per core; no BLAS threads
+    from perception.data.synthetic.writer import write_dataset
+
+    write_dataset(
+        args.out,
+        num=args.num,
+        seed=args.seed,
+        size=args.size,
+        workers=args.workers,
+        preview=args.preview,
+    )
+    return 0
+
+
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    from perception.data.check import check_dataset, print_report
+
+    problems, num_samples = check_dataset(args.root)
+    print_report(problems, num_samples)
+    return 1 if problems else 0
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="render a synthetic driving dataset (v1 format)")
+    p.add_argument("--out", required=True, help="output dataset root (must not hold a dataset)")
+    p.add_argument("--num", type=_positive_int, required=True, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    p.add_argument("--size", type=_size, default=(384, 640), help="image size HxW")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="render processes (default: all cores)",
+    )
+    p.add_argument("--preview", default=None, help="also write a contact sheet PNG here")
+    p.set_defaults(func=_cmd_synth)
+
+
+def _add_check_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check-data", help="validate a v1 dataset, one line per problem")
+    p.add_argument("root", help="dataset root holding dataset.yaml and manifest.jsonl")
+    p.set_defaults(func=_cmd_check_data)
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_synth,
+    _add_check_data,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="perception", description="Multi-task driving-scene perception."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; returns (and, as a console script, exits with) its exit code."""
+    from perception.errors import PerceptionError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PerceptionError as err:
+        print(f"perception {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"perception {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Data contracts that cross module boundaries.
+
+One class per contract (ARCHITECTURE rule 4). Everything here is plain data: numpy for
+samples on the CPU side of the loader, torch for batches. A task label that is ``None``
+means *not labeled* — never "background" — so losses and metrics can skip it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch is heavy; the renderer and check-data never need it
+    import torch
+
+TASKS: tuple[str, ...] = ("det", "lane", "drivable", "depth")
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Pinhole intrinsics in pixels of the image they travel with (x right, y down)."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    def as_array(self) -> np.ndarray:
+        """``[4]`` float32 ``(fx, fy, cx, cy)``."""
+        return np.array([self.fx, self.fy, self.cx, self.cy], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a source image was placed into the network canvas.
+
+    ``net = src * scale + pad``: a point ``(x, y)`` in source pixels lands at
+    ``(x * scale + pad_x, y * scale + pad_y)`` in network pixels.
+    """
+
+    scale: float
+    pad_x: float
+    pad_y: float
+    src_h: int
+    src_w: int
+
+    def as_array(self) -> np.ndarray:
+        """``[5]`` float32 ``(scale, pad_x, pad_y, src_h, src_w)``."""
+        return np.array(
+            [self.scale, self.pad_x, self.pad_y, self.src_h, self.src_w], dtype=np.float32
+        )
+
+
+@dataclass
+class Sample:
+    """One image and its labels, all in the same pixel frame.
+
+    Attributes:
+        id: the manifest id.
+        image: ``[H, W, 3]`` uint8 RGB.
+        boxes: ``[N, 4]`` float32 xyxy pixels (pixel-edge convention: a box around the
+            single pixel at column 3 is ``x1=3, x2=4``), or ``None`` if not labeled.
+        labels: ``[N]`` int64 indices into the model's class list, ``None`` iff boxes is.
+        lane, drivable: ``[H, W]`` uint8, 0 background, 1 foreground, 255 ignore; or None.
+        depth: ``[H, W]`` float32 meters along the optical axis, 0 = no measurement; or None.
+        camera: intrinsics in this frame, or None when the dataset does not give them.
+        valid: ``[H, W]`` bool, True where the pixel comes from the source image (False in
+            padding added by augmentation or letterboxing); None means all valid.
+        letterbox: how the source image was placed into this frame (identity if untouched).
+    """
+
+    id: str
+    image: np.ndarray
+    boxes: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    lane: np.ndarray | None = None
+    drivable: np.ndarray | None = None
+    depth: np.ndarray | None = None
+    camera: Camera | None = None
+    valid: np.ndarray | None = None
+    letterbox: Letterbox | None = None
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    def labeled(self, task: str) -> bool:
+        """Whether this sample carries a label for ``task`` (one of ``TASKS``)."""
+        if task == "det":
+            return self.boxes is not None
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        return getattr(self, task) is not None
+
+    def replace(self, **changes) -> Sample:
+        return replace(self, **changes)
+
+
+@dataclass
+class Batch:
+    """A collated mini-batch at network resolution (B images of H x W).
+
+    Images stay uint8 until they reach the device (4x less host-to-device traffic); the
+    training module turns them into float ``[0, 1]``, which is what the model takes.
+    Unlabeled tasks are filled with "ignore" values *and* flagged in ``has_*``, so a
+    consumer that forgets the flag still cannot learn background from a missing label.
+    """
+
+    images: torch.Tensor  # [B, 3, H, W] uint8 RGB
+    boxes: list[torch.Tensor]  # B x [N_i, 4] float32 xyxy network pixels
+    labels: list[torch.Tensor]  # B x [N_i] int64
+    lane: torch.Tensor  # [B, H, W] uint8, 255 where ignored or unlabeled
+    drivable: torch.Tensor  # [B, H, W] uint8, 255 where ignored or unlabeled
+    depth: torch.Tensor  # [B, H, W] float32 meters, 0 where invalid or unlabeled
+    valid: torch.Tensor  # [B, H, W] bool, False on padding
+    has_det: torch.Tensor  # [B] bool
+    has_lane: torch.Tensor  # [B] bool
+    has_drivable: torch.Tensor  # [B] bool
+    has_depth: torch.Tensor  # [B] bool
+    camera: torch.Tensor  # [B, 4] float32 (fx, fy, cx, cy) network pixels; NaN if unknown
+    letterbox: torch.Tensor  # [B, 5] float32 (scale, pad_x, pad_y, src_h, src_w)
+    ids: list[str] = field(default_factory=list)
+    num_skipped: int = 0  # bad samples the loader dropped from this batch
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
+        """Move every tensor to ``device`` (lists element-wise)."""
+        return self._apply(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copy; DataLoader(pin_memory=True) calls this on custom batches."""
+        return self._apply(lambda t: t.pin_memory())
+
+    def _apply(self, move) -> Batch:
+        """A copy with ``move`` applied to every tensor."""
+        return replace(
+            self,
+            images=move(self.images),
+            boxes=[move(b) for b in self.boxes],
+            labels=[move(lb) for lb in self.labels],
+            lane=move(self.lane),
+            drivable=move(self.drivable),
+            depth=move(self.depth),
+            valid=move(self.valid),
+            has_det=move(self.has_det),
+            has_lane=move(self.has_lane),
+            has_drivable=move(self.has_drivable),
+            has_depth=move(self.has_depth),
+            camera=move(self.camera),
+            letterbox=move(self.letterbox),
+        )

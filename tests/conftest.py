@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny v1 datasets written from numpy arrays inside the test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+
+from perception.data.formats import v1
+from perception.structures import Camera
+
+CLASSES = ["car", "pedestrian"]
+
+
+def write_tiny_dataset(
+    root: Path, num: int = 4, size: tuple[int, int] = (64, 96), seed: int = 0
+) -> list[v1.Record]:
+    """A valid v1 dataset: a bright rectangle per object, a lane stripe, a depth ramp.
+
+    Sample ``i`` has ``i % 3`` objects; every task is labeled. Returns the records.
+    """
+    h, w = size
+    rng = np.random.default_rng(seed)
+    for sub in ("images", "lane", "drivable", "depth"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(num):
+        image = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
+        boxes, labels = [], []
+        for k in range(i % 3):
+            x1, y1 = 8 + 30 * k, 10 + 5 * k
+            x2, y2 = x1 + 20, y1 + 16
+            image[y1:y2, x1:x2] = (200, 50 + 100 * k, 40)
+            boxes.append([x1, y1, x2, y2])
+            labels.append(CLASSES[k % 2])
+        lane = np.zeros((h, w), np.uint8)
+        lane[:, w // 2 - 1 : w // 2 + 1] = 1
+        drivable = np.zeros((h, w), np.uint8)
+        drivable[h // 2 :] = 1
+        depth = np.tile(np.linspace(80.0, 2.0, h, dtype=np.float32)[:, None], (1, w))
+        depth[: h // 4] = 0.0  # "sky": no measurement
+        sid = f"{i:06d}"
+        v1.write_image(root / f"images/{sid}.png", image)
+        v1.write_png(root / f"lane/{sid}.png", lane)
+        v1.write_png(root / f"drivable/{sid}.png", drivable)
+        v1.write_png(root / f"depth/{sid}.png", v1.encode_depth(depth))
+        records.append(
+            v1.Record(
+                id=sid,
+                image=f"images/{sid}.png",
+                width=w,
+                height=h,
+                boxes=boxes,
+                labels=labels,
+                lane=f"lane/{sid}.png",
+                drivable=f"drivable/{sid}.png",
+                depth=f"depth/{sid}.png",
+                camera=Camera(80.0, 80.0, w / 2, h / 2),
+            )
+        )
+    write_manifest(root, records)
+    v1.write_info(root, v1.DatasetInfo(name="tiny", classes=list(CLASSES)))
+    return records
+
+
+def write_manifest(root: Path, records: list[v1.Record]) -> None:
+    (root / v1.MANIFEST_FILE).write_text("".join(r.to_json() + "\n" for r in records))
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``tiny_dataset(num=4, size=(64, 96))`` -> root of a fresh valid dataset."""
+
+    def make(name: str = "ds", **kwargs) -> Path:
+        root = tmp_path / name
+        write_tiny_dataset(root, **kwargs)
+        return root
+
+    return make
