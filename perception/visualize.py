@@ -1,0 +1,88 @@
+"""Drawing primitives shared by previews, ``Prediction.plot`` and training overlays.
+
+Low-level on purpose (numpy + OpenCV only) so the data layer, the inference API and the
+training callbacks draw the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+PALETTE = np.array(
+    [
+        [255, 56, 56],
+        [255, 157, 151],
+        [255, 112, 31],
+        [255, 178, 29],
+        [207, 210, 49],
+        [72, 249, 10],
+        [26, 147, 52],
+        [0, 212, 187],
+        [52, 69, 147],
+        [100, 115, 255],
+    ],
+    np.uint8,
+)
+LANE_RGB = (255, 40, 40)
+DRIVABLE_RGB = (40, 220, 90)
+
+
+def draw_boxes(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: Sequence[int],
+    names: Sequence[str],
+    scores: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Copy of RGB ``image`` with xyxy pixel ``boxes`` and ``name score`` tags."""
+    out = np.ascontiguousarray(image).copy()
+    thick = max(1, round(min(out.shape[:2]) / 300))
+    for i, (box, label) in enumerate(zip(np.asarray(boxes).reshape(-1, 4), labels, strict=True)):
+        color = tuple(int(c) for c in PALETTE[int(label) % len(PALETTE)])
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), color, thick)
+        text = names[int(label)] + (f" {scores[i]:.2f}" if scores is not None else "")
+        scale = 0.35 * thick
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        y_text = max(y1, th + 2)
+        cv2.rectangle(out, (x1, y_text - th - 2), (x1 + tw, y_text), color, -1)
+        cv2.putText(
+            out,
+            text,
+            (x1, y_text - 1),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+    return out
+
+
+def tint(
+    image: np.ndarray, weight: np.ndarray, rgb: tuple[int, int, int], alpha: float = 0.5
+) -> np.ndarray:
+    """Blend ``rgb`` into ``image`` where ``weight`` (``[H, W]`` in [0, 1]) is high."""
+    a = (np.clip(weight, 0, 1) * alpha)[..., None].astype(np.float32)
+    out = image.astype(np.float32) * (1 - a) + np.asarray(rgb, np.float32) * a
+    return out.astype(np.uint8)
+
+
+def colorize_depth(
+    depth: np.ndarray, max_depth: float = 80.0, min_depth: float = 2.0
+) -> np.ndarray:
+    """``[H, W]`` metres -> ``[H, W, 3]`` uint8 RGB (near = warm); 0 / invalid = black.
+
+    Log depth spreads the colours evenly from ``min_depth`` to ``max_depth``, so both a
+    car at 5 m and one at 40 m stand out from the road behind them.
+    """
+    valid = np.isfinite(depth) & (depth > 0)
+    d = np.clip(np.where(valid, depth, max_depth), min_depth, max_depth)
+    norm = 1.0 - np.log(d / min_depth) / np.log(max_depth / min_depth)
+    colored = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
+    colored = cv2.cvtColor(colored, cv2.COLOR_BGR2RGB)
+    colored[~valid] = 0
+    return colored
