@@ -1,0 +1,187 @@
+"""``PerceptionDataModule``: dataset roots and loader settings -> train/val ``DataLoader``s.
+
+Init arguments are typed primitives only: they become Lightning hyperparameters and the
+``data:`` keys of a training YAML, so a config round-trips through ``--print_config``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import partial
+
+import lightning as L
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
+
+from perception.data.collate import collate
+from perception.data.datasets import V1Dataset
+from perception.data.transforms import AugmentConfig, SampleTransform
+from perception.errors import PerceptionError
+
+
+def in_val_split(sample_id: str, val_fraction: float) -> bool:
+    """Deterministic split by id: the same id always lands on the same side, whatever the
+    machine, run or manifest order, and adding samples never moves existing ones."""
+    digest = hashlib.sha1(sample_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+
+
+def mixing_sampler(
+    lengths: list[int], weights: list[float], generator: torch.Generator | None = None
+) -> WeightedRandomSampler:
+    """Draw from concatenated datasets so dataset ``i`` gets ``weights[i] / sum(weights)``
+    of the draws, whatever its size (samples within one dataset are equally likely).
+
+    ``num_samples`` is the total length, so an "epoch" keeps its usual size. Under DDP
+    Lightning wraps this sampler in a distributed one by itself.
+    """
+    if len(lengths) != len(weights):
+        raise PerceptionError(f"{len(weights)} weights for {len(lengths)} datasets")
+    per_sample = []
+    for n, w in zip(lengths, weights, strict=True):
+        per_sample += [w / n] * n if n else []
+    return WeightedRandomSampler(
+        torch.tensor(per_sample, dtype=torch.double),
+        num_samples=sum(lengths),
+        replacement=True,
+        generator=generator,
+    )
+
+
+class PerceptionDataModule(L.LightningDataModule):
+    """Training and validation data from one or more perception-v1 dataset roots.
+
+    Args:
+        train: training dataset roots.
+        classes: model class names (labels become indices into this list).
+        train_weights: share of draws per training root (weighted mixing); ``None`` =
+            plain shuffling over all samples.
+        val: validation roots; ``None`` with ``val_fraction > 0`` splits ``train`` by id.
+        val_fraction: fraction of ``train`` ids held out when ``val`` is not given.
+        class_map: dataset class -> model class, or null to drop a class.
+        image_size: network input ``[H, W]`` in pixels.
+        batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings
+            (pinning only applies when CUDA is available).
+        augment: train-time augmentation on/off; the rest set its strength
+            (see ``AugmentConfig``).
+    """
+
+    def __init__(
+        self,
+        train: list[str],
+        classes: list[str],
+        *,
+        train_weights: list[float] | None = None,
+        val: list[str] | None = None,
+        val_fraction: float = 0.0,
+        class_map: dict[str, str | None] | None = None,
+        image_size: tuple[int, int] | list[int] = (384, 640),
+        batch_size: int = 16,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        augment: bool = True,
+        flip_p: float = 0.5,
+        zoom_p: float = 0.7,
+        zoom_range: tuple[float, float] | list[float] = (0.75, 1.33),
+        translate: float = 0.1,
+        photometric: float = 1.0,
+        weather_p: float = 0.05,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        _check_args(train, classes, train_weights, val, val_fraction, image_size, batch_size)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.augment = AugmentConfig(
+            enabled=augment,
+            flip_p=flip_p,
+            zoom_p=zoom_p,
+            zoom_range=(float(zoom_range[0]), float(zoom_range[1])),
+            translate=translate,
+            photometric=photometric,
+            weather_p=weather_p,
+        )
+        self.train_set: ConcatDataset | None = None
+        self.val_set: ConcatDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        train_tf = SampleTransform(self.image_size, self.augment)
+        val_tf = SampleTransform(self.image_size)
+        train_parts, val_parts = [], []
+        for root in hp.train:
+            full = V1Dataset(root, hp.classes, hp.class_map, train_tf)
+            held = {i for i in full.ids if in_val_split(i, hp.val_fraction)}
+            if not held:
+                train_parts.append(full)
+                continue
+            kept = [i for i in full.ids if i not in held]
+            train_parts.append(V1Dataset(root, hp.classes, hp.class_map, train_tf, kept))
+            val_parts.append(V1Dataset(root, hp.classes, hp.class_map, val_tf, sorted(held)))
+        for root in hp.val or []:
+            val_parts.append(V1Dataset(root, hp.classes, hp.class_map, val_tf))
+        self.train_set = ConcatDataset(train_parts)
+        self.val_set = ConcatDataset(val_parts) if val_parts else None
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        sampler = None
+        if self.hparams.train_weights is not None:
+            lengths = [len(d) for d in self.train_set.datasets]
+            sampler = mixing_sampler(lengths, list(self.hparams.train_weights))
+        return self._loader(self.train_set, shuffle=sampler is None, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup("validate")
+        if self.val_set is None:
+            return []
+        return self._loader(self.val_set, shuffle=False, sampler=None)
+
+    def _loader(self, dataset: Dataset, shuffle: bool, sampler: object) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            dataset,
+            batch_size=hp.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=hp.num_workers,
+            collate_fn=partial(collate, image_size=self.image_size),
+            pin_memory=hp.pin_memory and torch.cuda.is_available(),
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+        )
+
+
+def _check_args(
+    train: list[str],
+    classes: list[str],
+    train_weights: list[float] | None,
+    val: list[str] | None,
+    val_fraction: float,
+    image_size: tuple[int, int] | list[int],
+    batch_size: int,
+) -> None:
+    """One clear line per user mistake, raised before any file is read."""
+    if not train:
+        raise PerceptionError("data.train: give at least one dataset root")
+    if not classes:
+        raise PerceptionError("data.classes: give the model's class names")
+    if train_weights is not None:
+        if len(train_weights) != len(train):
+            raise PerceptionError(
+                f"data.train_weights: {len(train_weights)} weights for {len(train)} train "
+                f"roots; give one weight per root"
+            )
+        if any(w < 0 for w in train_weights) or sum(train_weights) <= 0:
+            raise PerceptionError(
+                f"data.train_weights: must be >= 0 with a positive sum, got {list(train_weights)}"
+            )
+    if not 0.0 <= val_fraction < 1.0:
+        raise PerceptionError(f"data.val_fraction: must be in [0, 1), got {val_fraction}")
+    if val and val_fraction > 0:
+        raise PerceptionError("data.val and data.val_fraction: give one or the other, not both")
+    if len(image_size) != 2 or min(int(v) for v in image_size) <= 0:
+        raise PerceptionError(f"data.image_size: expected [H, W] positive ints, got {image_size}")
+    if batch_size < 1:
+        raise PerceptionError(f"data.batch_size: must be >= 1, got {batch_size}")
