@@ -1,0 +1,54 @@
+"""The command line: fast help, one-line errors, thin tools/ wrappers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from perception.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_is_fast_and_lists_commands():
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "perception.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert time.perf_counter() - start < 2.0
+    assert "synth" in out.stdout and "check-data" in out.stdout
+
+
+def test_help_does_not_import_heavy_modules():
+    code = "import sys, perception.cli; print('torch' in sys.modules, 'cv2' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["synth", "--out", "x", "--num", "0"], ["synth", "--out", "x", "--num", "2", "--size", "big"]],
+)
+def test_bad_arguments_exit_2_with_one_line(args, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(args)
+    assert err.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_tools_wrapper_runs_the_subcommand(tmp_path: Path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "check_data.py"), str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith("perception check-data: error:")
+    assert len(out.stderr.strip().splitlines()) == 1
