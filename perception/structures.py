@@ -8,7 +8,7 @@ means *not labeled* — never "background" — so losses and metrics can skip it
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -157,3 +157,25 @@ class Batch:
             camera=move(self.camera),
             letterbox=move(self.letterbox),
         )
+
+
+class HeadOutputs(NamedTuple):
+    """Raw per-task tensors from the model, identical in train, eval and export.
+
+    ``A`` is the number of dense detection points over all levels (strides 8, 16, 32,
+    row-major within a level, levels in stride order; see ``ops.points.dense_points``).
+    Decoding lives in ``perception.postprocess``; losses read these raw values.
+    """
+
+    cls_logits: torch.Tensor  # [B, A, K] class logits (sigmoid, one per class)
+    box_dist: torch.Tensor  # [B, A, 4] raw (l, t, r, b); pixels = softplus(raw) * stride
+    seg_logits: torch.Tensor  # [B, S, H, W] S=1 lane or S=2 lane + drivable, input size
+    depth_log: torch.Tensor  # [B, 1, H, W] natural log of metric depth (metres), input size
+
+
+class Detections(NamedTuple):
+    """Decoded detections of one image after NMS, in the pixel frame the caller asked for."""
+
+    boxes: torch.Tensor  # [N, 4] float32 xyxy pixels
+    scores: torch.Tensor  # [N] float32 confidence in [0, 1]
+    labels: torch.Tensor  # [N] int64 class indices

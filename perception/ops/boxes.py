@@ -11,10 +11,12 @@ pipeline (numpy) and postprocess (torch) share one implementation.
 
 from __future__ import annotations
 
+import math
 from typing import TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from perception.structures import Letterbox
 
@@ -94,3 +96,170 @@ def letterbox_to_source(boxes: Boxes, letterbox: Letterbox, clip: bool = True) -
     if clip:
         out = clip_boxes(out, letterbox.src_w, letterbox.src_h)
     return out
+
+
+# --------------------------------------------------------------------------- IoU family
+# Torch only (training and postprocess): autograd flows through every function below.
+
+
+def aligned_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """IoU of paired xyxy boxes, broadcasting over leading dimensions.
+
+    Args:
+        a, b: ``[..., 4]`` xyxy pixels (same frame), broadcastable against each other.
+        eps: added to the union so degenerate (zero-area) pairs give 0, not NaN.
+
+    Returns:
+        ``[...]`` IoU in ``[0, 1]``.
+    """
+    inter = _intersection(a, b)
+    union = _area(a) + _area(b) - inter
+    return inter / (union + eps)
+
+
+def aligned_giou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Generalized IoU (Rezatofighi et al., 2019) of paired xyxy boxes, broadcasting.
+
+    GIoU = IoU - (hull - union) / hull, in ``[-1, 1]``; unlike IoU it still has a gradient
+    when the boxes do not overlap, which is why the box loss uses ``1 - GIoU``.
+
+    Args:
+        a, b: ``[..., 4]`` xyxy pixels, broadcastable.
+
+    Returns:
+        ``[...]`` GIoU.
+    """
+    inter = _intersection(a, b)
+    union = _area(a) + _area(b) - inter
+    iou = inter / (union + eps)
+    hull_wh = torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])
+    hull = hull_wh.clamp(min=0).prod(dim=-1)
+    return iou - (hull - union) / (hull + eps)
+
+
+def aligned_ciou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Complete IoU (Zheng et al., 2020) of paired xyxy boxes, broadcasting.
+
+    CIoU = IoU - rho^2 / c^2 - alpha * v: the centre distance ``rho`` over the hull diagonal
+    ``c`` pulls centres together, ``v`` penalises aspect-ratio mismatch with
+    ``alpha = v / (1 - IoU + v)`` treated as a constant (as in the paper).
+
+    Args:
+        a, b: ``[..., 4]`` xyxy pixels, broadcastable.
+
+    Returns:
+        ``[...]`` CIoU in ``[-1.5, 1]``.
+    """
+    iou = aligned_iou(a, b, eps)
+    hull_wh = torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])
+    diag2 = hull_wh.pow(2).sum(dim=-1) + eps
+    centre_a = (a[..., :2] + a[..., 2:]) / 2
+    centre_b = (b[..., :2] + b[..., 2:]) / 2
+    rho2 = (centre_a - centre_b).pow(2).sum(dim=-1)
+    wh_a = (a[..., 2:] - a[..., :2]).clamp(min=0)
+    wh_b = (b[..., 2:] - b[..., :2]).clamp(min=0)
+    angle_a = torch.atan(wh_a[..., 0] / (wh_a[..., 1] + eps))
+    angle_b = torch.atan(wh_b[..., 0] / (wh_b[..., 1] + eps))
+    v = (4 / math.pi**2) * (angle_a - angle_b).pow(2)
+    with torch.no_grad():
+        alpha = v / (1 - iou + v + eps)
+    return iou - rho2 / diag2 - alpha * v
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of two sets of xyxy boxes (same frame), as ``torchvision.ops.box_iou``.
+
+    Args:
+        a: ``[N, 4]`` xyxy pixels.
+        b: ``[M, 4]`` xyxy pixels.
+
+    Returns:
+        ``[N, M]`` IoU, entry ``(i, j)`` for ``a[i]`` vs ``b[j]``.
+    """
+    _check_shape(a)
+    _check_shape(b)
+    return aligned_iou(a[:, None, :], b[None, :, :])  # [N, 1, 4] x [1, M, 4] -> [N, M]
+
+
+def generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise GIoU, as ``torchvision.ops.generalized_box_iou``: ``[N, 4] x [M, 4] -> [N, M]``."""
+    _check_shape(a)
+    _check_shape(b)
+    return aligned_giou(a[:, None, :], b[None, :, :])  # [N, 1, 4] x [1, M, 4] -> [N, M]
+
+
+def _area(boxes: torch.Tensor) -> torch.Tensor:
+    """``[..., 4]`` xyxy -> ``[...]`` area, negative extents counted as zero."""
+    return (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(dim=-1)
+
+
+def _intersection(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[..., 4]`` x ``[..., 4]`` xyxy (broadcast) -> ``[...]`` overlap area."""
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    return (rb - lt).clamp(min=0).prod(dim=-1)
+
+
+# --------------------------------------------------------------------------- dense points
+# The detection head predicts, at each dense point, distances (l, t, r, b) from the point to
+# the four box sides. These four functions are the only place that encoding is spelt out:
+# the loss and postprocess both call ``decode_box_dist``, so they cannot disagree.
+
+
+def distances_to_boxes(points: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+    """Side distances from points to xyxy boxes.
+
+    Args:
+        points: ``[A, 2]`` (x, y) network pixels.
+        dist: ``[..., A, 4]`` (l, t, r, b) pixels from the point to the left, top, right
+            and bottom sides (non-negative for a box containing its point).
+
+    Returns:
+        ``[..., A, 4]`` xyxy network pixels: ``(x - l, y - t, x + r, y + b)``.
+    """
+    return torch.cat([points - dist[..., :2], points + dist[..., 2:]], dim=-1)
+
+
+def boxes_to_distances(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``distances_to_boxes``: ``[A, 2]`` points, ``[..., A, 4]`` xyxy -> (l, t, r, b).
+
+    Distances are negative where the point lies outside its box; they are not clamped.
+    """
+    return torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], dim=-1)
+
+
+def decode_box_dist(raw: torch.Tensor, points: torch.Tensor, strides: torch.Tensor) -> torch.Tensor:
+    """THE decode of ``HeadOutputs.box_dist``: ``softplus(raw) * stride`` distances -> xyxy.
+
+    softplus keeps the distances positive and smooth; scaling by the level's stride lets
+    every level predict values of the same order (a few units).
+
+    Args:
+        raw: ``[..., A, 4]`` raw (l, t, r, b) head outputs.
+        points: ``[A, 2]`` point centres in network pixels (``ops.points.dense_points``).
+        strides: ``[A]`` stride in pixels of each point's level.
+
+    Returns:
+        ``[..., A, 4]`` xyxy boxes in network pixels, in ``raw``'s dtype.
+    """
+    dist = F.softplus(raw) * strides[:, None].to(raw.dtype)  # [A] -> [A, 1] broadcast
+    return distances_to_boxes(points.to(raw.dtype), dist)
+
+
+def encode_box_dist(
+    boxes: torch.Tensor, points: torch.Tensor, strides: torch.Tensor, min_dist: float = 1e-3
+) -> torch.Tensor:
+    """Inverse of ``decode_box_dist``: xyxy boxes -> the raw values that decode to them.
+
+    Args:
+        boxes: ``[..., A, 4]`` xyxy network pixels, each containing its point.
+        points: ``[A, 2]`` point centres in network pixels.
+        strides: ``[A]`` stride of each point.
+        min_dist: distances (in units of stride) are clamped to at least this, since
+            softplus never reaches 0.
+
+    Returns:
+        ``[..., A, 4]`` raw (l, t, r, b): ``softplus^-1(dist / stride)``.
+    """
+    scaled = (boxes_to_distances(points, boxes) / strides[:, None]).clamp(min=min_dist)
+    return scaled + torch.log(-torch.expm1(-scaled))  # stable inverse softplus
