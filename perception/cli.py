@@ -59,6 +59,54 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from perception.training.cli import run_train
+
+    run_train(args.rest)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from perception.training.evaluate import evaluate, format_table, write_json
+
+    metrics = evaluate(
+        args.weights,
+        args.data,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        limit=args.limit,
+    )
+    print(format_table(metrics))
+    if args.json:
+        write_json(metrics, args.json)
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train with a LightningCLI YAML config",
+        add_help=False,
+        description="Everything after 'train' goes to LightningCLI: --config configs/X.yaml, "
+        "dotted overrides such as --model.lr 1e-3, --print_config, --ckpt_path to resume.",
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="metrics table (and JSON) of weights on a dataset")
+    p.add_argument("--weights", required=True, help=".ckpt or .safetensors")
+    p.add_argument("--data", required=True, help="v1 dataset root")
+    p.add_argument("--json", default=None, help="write the metric keys here")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="first N samples only")
+    p.set_defaults(func=_cmd_eval)
+
+
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="render a synthetic driving dataset (v1 format)")
     p.add_argument("--out", required=True, help="output dataset root (must not hold a dataset)")
@@ -84,6 +132,8 @@ def _add_check_data(sub: argparse._SubParsersAction) -> None:
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_synth,
     _add_check_data,
+    _add_train,
+    _add_eval,
 )
 
 
@@ -102,7 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from perception.errors import PerceptionError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":  # everything after 'train' belongs to LightningCLI
+        args.rest = [*extra, *args.rest]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except PerceptionError as err:

@@ -86,3 +86,32 @@ def colorize_depth(
     colored = cv2.cvtColor(colored, cv2.COLOR_BGR2RGB)
     colored[~valid] = 0
     return colored
+
+
+def prediction_overlay(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    names: Sequence[str],
+    lane: np.ndarray | None,
+    drivable: np.ndarray | None,
+    depth: np.ndarray | None,
+    inset: float = 0.3,
+) -> np.ndarray:
+    """The standard picture of a prediction: drivable (green) and lane (red) tints, boxes
+    with scores, and a depth colormap inset in the top-right corner (``inset`` of the
+    width). Maps are ``[H, W]`` at the image size; lane/drivable are probabilities."""
+    out = image
+    if drivable is not None:
+        out = tint(out, drivable, DRIVABLE_RGB, 0.35)
+    if lane is not None:
+        out = tint(out, lane, LANE_RGB, 0.8)
+    out = draw_boxes(out, boxes, labels, names, scores)
+    if depth is not None:
+        h, w = out.shape[:2]
+        iw, ih = max(1, int(w * inset)), max(1, int(h * inset))
+        small = cv2.resize(colorize_depth(depth), (iw, ih), interpolation=cv2.INTER_NEAREST)
+        out[:ih, w - iw :] = small
+        cv2.rectangle(out, (w - iw, 0), (w - 1, ih - 1), (255, 255, 255), 1)
+    return out

@@ -11,9 +11,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
+import torch
 
 from perception.data.formats import v1
 from perception.structures import Camera
+
+# CI has 2 cores and pytest-xdist runs 2 workers: more threads per worker only thrash.
+torch.set_num_threads(1)
 
 CLASSES = ["car", "pedestrian"]
 

@@ -7,6 +7,7 @@ Init arguments are typed primitives only: they become Lightning hyperparameters 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from functools import partial
 
 import lightning as L
@@ -17,6 +18,7 @@ from perception.data.collate import collate
 from perception.data.datasets import V1Dataset
 from perception.data.transforms import AugmentConfig, SampleTransform
 from perception.errors import PerceptionError
+from perception.structures import TASKS
 
 
 def in_val_split(sample_id: str, val_fraction: float) -> bool:
@@ -69,7 +71,7 @@ class PerceptionDataModule(L.LightningDataModule):
     def __init__(
         self,
         train: list[str],
-        classes: list[str],
+        classes: Sequence[str],
         *,
         train_weights: list[float] | None = None,
         val: list[str] | None = None,
@@ -124,6 +126,20 @@ class PerceptionDataModule(L.LightningDataModule):
             val_parts.append(V1Dataset(root, hp.classes, hp.class_map, val_tf))
         self.train_set = ConcatDataset(train_parts)
         self.val_set = ConcatDataset(val_parts) if val_parts else None
+
+    def labeled_counts(self) -> dict[str, int]:
+        """Training samples labeled per task (from the manifests; no image is read).
+
+        Lets the training module refuse a head that has nothing to learn from.
+        """
+        self.setup("fit")
+        counts = dict.fromkeys(TASKS, 0)
+        for dataset in self.train_set.datasets:
+            for record in dataset.records:
+                counts["det"] += record.boxes is not None
+                for task in ("lane", "drivable", "depth"):
+                    counts[task] += getattr(record, task) is not None
+        return counts
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")

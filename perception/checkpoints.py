@@ -1,0 +1,113 @@
+"""Save and load models: Lightning ``.ckpt`` and released ``.safetensors``.
+
+Neither path unpickles arbitrary objects: checkpoints are read with
+``torch.load(weights_only=True)`` (the module's hyperparameters are primitives for this
+reason) and releases are safetensors whose metadata holds, as JSON, everything needed to
+rebuild and run the model — so a consumer needs nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from perception.errors import PerceptionError
+from perception.models import ModelConfig, MultiTaskModel, build_model
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelMeta:
+    """What travels with the weights: architecture, classes, input size, version."""
+
+    config: dict
+    class_names: list[str]
+    image_size: tuple[int, int]
+    version: str = ""
+    format: int = FORMAT_VERSION
+
+
+@dataclass
+class LoadedModel:
+    model: MultiTaskModel
+    meta: ModelMeta
+
+
+def _config(values: dict, strict: bool) -> ModelConfig:
+    """ModelConfig from checkpoint hparams (which hold training keys too, so not strict)
+    or from release metadata (strict: an unknown key means a file we cannot rebuild)."""
+    if not strict:
+        names = {f.name for f in dataclasses.fields(ModelConfig)}
+        values = {k: v for k, v in values.items() if k in names}
+    config = ModelConfig.from_dict(values)
+    return dataclasses.replace(config, pretrained=False)  # weights come from the file
+
+
+def _from_ckpt(path: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    if "class_names" not in hp:
+        raise PerceptionError(f"{path}: not a perception checkpoint (no class_names hparam)")
+    state = ckpt["state_dict"]
+    prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "model."
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    config = dataclasses.asdict(_config({**hp, "num_classes": len(hp["class_names"])}, False))
+    meta = ModelMeta(config, list(hp["class_names"]), tuple(hp.get("image_size", (384, 640))))
+    return weights, meta
+
+
+def _from_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get("perception")
+    if raw is None:
+        raise PerceptionError(f"{path}: no 'perception' metadata; not a perception release")
+    meta = json.loads(raw)
+    meta["image_size"] = tuple(meta["image_size"])
+    return load_file(str(path)), ModelMeta(**meta)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model from a ``.ckpt`` (EMA weights when present) or ``.safetensors``."""
+    path = Path(path)
+    if not path.is_file():
+        raise PerceptionError(f"{path}: weights file not found")
+    readers = {".ckpt": _from_ckpt, ".safetensors": _from_safetensors}
+    if path.suffix not in readers:
+        raise PerceptionError(f"{path}: expected a .ckpt or .safetensors file")
+    try:
+        weights, meta = readers[path.suffix](path)
+    except (RuntimeError, OSError, ValueError, KeyError) as err:
+        if isinstance(err, PerceptionError):
+            raise
+        raise PerceptionError(f"{path}: cannot read weights ({str(err).splitlines()[0]})") from None
+    model = build_model(_config(meta.config, strict=True))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise PerceptionError(
+            f"{path}: weights do not match the architecture "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return LoadedModel(model.eval().to(device), meta)
+
+
+def save_release(model: MultiTaskModel, meta: ModelMeta, path: str | os.PathLike) -> Path:
+    """Write weights + metadata as one ``.safetensors`` file (fp32 unless already cast)."""
+    from safetensors.torch import save_file
+
+    from perception import __version__
+
+    meta = dataclasses.replace(meta, version=meta.version or __version__)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"perception": json.dumps(dataclasses.asdict(meta))})
+    return path

@@ -1,0 +1,83 @@
+"""Prediction overlays logged during validation, so a run can be *looked at*.
+
+The first validation batch is decoded with the deployment settings and drawn with the
+same ``visualize.prediction_overlay`` that ``Prediction.plot`` uses; the grid goes to
+TensorBoard and, as a PNG, to ``<log_dir>/overlays/`` (readable without TensorBoard).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from perception import visualize
+from perception.postprocess.dense import depth_metres, seg_probabilities
+from perception.postprocess.detection import postprocess_detections
+from perception.structures import Batch, HeadOutputs
+
+
+@torch.no_grad()
+def overlay_grid(
+    batch: Batch,
+    outputs: HeadOutputs,
+    points: torch.Tensor,
+    strides: torch.Tensor,
+    class_names: list[str],
+    count: int,
+    conf: float = 0.3,
+) -> np.ndarray:
+    """``[count * H, W, 3]`` uint8: one prediction overlay per image, stacked."""
+    n = min(count, len(batch))
+    dets = postprocess_detections(
+        outputs.cls_logits[:n].float(), outputs.box_dist[:n].float(), points, strides, conf=conf
+    )
+    seg = seg_probabilities(outputs.seg_logits[:n].float()).cpu().numpy()  # [n, S, H, W]
+    depth = depth_metres(outputs.depth_log[:n].float())[:, 0].cpu().numpy()  # [n, H, W]
+    rows = []
+    for i in range(n):
+        image = batch.images[i].permute(1, 2, 0).cpu().numpy()  # [3, H, W] -> [H, W, 3]
+        rows.append(
+            visualize.prediction_overlay(
+                image,
+                dets[i].boxes.cpu().numpy(),
+                dets[i].scores.cpu().numpy(),
+                dets[i].labels.cpu().numpy(),
+                class_names,
+                seg[i, 0],
+                seg[i, 1] if seg.shape[1] > 1 else None,
+                depth[i],
+            )
+        )
+    return np.concatenate(rows, axis=0)
+
+
+def log_overlays(
+    module: L.LightningModule,
+    batch: Batch,
+    outputs: HeadOutputs,
+    points: torch.Tensor,
+    strides: torch.Tensor,
+) -> None:
+    """Draw the batch's predictions and send them to every place a person can look."""
+    grid = overlay_grid(
+        batch,
+        outputs,
+        points,
+        strides,
+        list(module.hparams.class_names),
+        module.hparams.overlay_images,
+    )
+    step = module.global_step
+    for logger in module.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image("val/overlays", grid, step, dataformats="HWC")
+    log_dir = module.trainer.log_dir if module.trainer is not None else None
+    if log_dir:
+        folder = Path(log_dir) / "overlays"
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"step_{step:07d}.jpg"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))

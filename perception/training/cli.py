@@ -1,0 +1,69 @@
+"""``perception train``: LightningCLI with the project's defaults and argument links.
+
+Users get ``--config``, dotted overrides (``--model.lr 1e-3``), ``--print_config`` and
+strict keys (an unknown key is an error) from jsonargparse. ``data.classes`` is linked to
+``model.class_names`` and ``data.image_size`` to ``model.image_size``, so the class list
+and input size are written once and cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from perception.data.datamodule import PerceptionDataModule
+from perception.training.module import PerceptionModule
+
+
+class PerceptionCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.class_names", "data.classes")
+        parser.link_arguments("data.image_size", "model.image_size")
+
+
+def trainer_defaults() -> dict:
+    """bf16 mixed precision on a GPU, fp32 on the CPU; best + last checkpoints; logs.
+
+    Called once per run, so every run gets fresh callback objects; loggers are parser
+    defaults (``class_path`` dicts) that a config may replace.
+    """
+    gpu = torch.cuda.is_available()
+    return {
+        "precision": "bf16-mixed" if gpu else "32-true",
+        "gradient_clip_val": 10.0,
+        "default_root_dir": "runs",
+        "logger": [
+            {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "runs", "name": "perception"},
+            },
+            {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": "runs", "name": "perception"},
+            },
+        ],
+        "callbacks": [  # LightningCLI adds these instances to every run as they are
+            ModelCheckpoint(
+                monitor="val/score",
+                mode="max",
+                save_last=True,
+                filename="best-{epoch:03d}",
+                auto_insert_metric_name=False,
+            ),
+            LearningRateMonitor(logging_interval="step"),
+        ],
+    }
+
+
+def run_train(argv: Sequence[str]) -> None:
+    """Run ``fit``; ``argv`` is everything after ``perception train``."""
+    PerceptionCLI(
+        PerceptionModule,
+        PerceptionDataModule,
+        args=["fit", *argv],
+        trainer_defaults=trainer_defaults(),
+        save_config_kwargs={"overwrite": True},
+    )

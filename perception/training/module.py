@@ -1,0 +1,186 @@
+"""The LightningModule: the *system* around the model (loss, optimizer, EMA, metrics).
+
+The model itself (``perception.models``) knows nothing about Lightning, losses or data on
+disk; this module wires them together. Init arguments are primitives on purpose: they
+are the ``model:`` section of the YAML configs and the checkpoint's hyperparameters, and
+a released checkpoint must load without unpickling custom objects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+
+from perception.data.synthetic.scene import CLASSES
+from perception.errors import PerceptionError
+from perception.losses.multitask import MultiTaskLoss, build_combiner
+from perception.models import ModelConfig, build_model
+from perception.ops.points import dense_points
+from perception.structures import TASKS, Batch, HeadOutputs
+from perception.training.ema import ModelEMA
+from perception.training.metrics import MetricsSuite
+from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
+
+SCORE_KEYS = ("det/mAP50_95", "lane/iou", "drivable/miou", "depth/delta1")
+
+
+def combined_score(metrics: dict[str, float]) -> float:
+    """Mean of the headline metric of each evaluated task (all in [0, 1], higher better).
+
+    Picks the best checkpoint across tasks without letting one task's scale dominate.
+    """
+    values = [metrics[k] for k in SCORE_KEYS if k in metrics and not math.isnan(metrics[k])]
+    return float(sum(values) / len(values)) if values else 0.0
+
+
+class PerceptionModule(L.LightningModule):
+    """Multi-task training: one backbone, three heads, one composite loss."""
+
+    def __init__(
+        self,
+        class_names: Sequence[str] = CLASSES,
+        backbone: str = "resnet18",
+        pretrained: bool | str = False,
+        neck_width: int = 96,
+        neck_depth: int = 1,
+        head_width: int = 96,
+        head_depth: int = 2,
+        act: str = "silu",
+        norm: str = "batch",
+        drivable: bool = True,
+        image_size: tuple[int, int] = (384, 640),
+        combiner: str = "uncertainty",
+        loss_weights: dict[str, float] | None = None,
+        optimizer: str = "adamw",
+        lr: float = 2e-3,
+        weight_decay: float = 0.05,
+        momentum: float = 0.9,
+        warmup_steps: int = 300,
+        ema_decay: float = 0.9995,
+        overlay_images: int = 4,
+    ) -> None:
+        super().__init__()
+        if optimizer.lower() not in OPTIMIZERS:
+            raise PerceptionError(
+                f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
+            )
+        self.save_hyperparameters()
+        self.hparams.class_names = list(class_names)  # a plain list in the checkpoint
+        self.model = build_model(self.model_config())
+        self.loss = MultiTaskLoss(combiner=build_combiner(combiner, weights=loss_weights))
+        self.ema = ModelEMA(self.model, ema_decay) if ema_decay > 0 else None
+        self.metrics = MetricsSuite()
+        self._points: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def model_config(self) -> ModelConfig:
+        hp = self.hparams
+        return ModelConfig(
+            backbone=hp.backbone,
+            pretrained=hp.pretrained,
+            num_classes=len(hp.class_names),
+            neck_width=hp.neck_width,
+            neck_depth=hp.neck_depth,
+            head_width=hp.head_width,
+            head_depth=hp.head_depth,
+            act=hp.act,
+            norm=hp.norm,
+            drivable=hp.drivable,
+        )
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights used for validation and release: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def points(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense detection points for this input size, cached per (H, W, device)."""
+        h, w = images.shape[-2:]
+        key = (h, w, images.device)
+        if key not in self._points:
+            sizes = self.model.level_sizes((h, w))
+            self._points[key] = dense_points(sizes, self.model.strides, images.device)
+        return self._points[key]
+
+    def forward(self, images: torch.Tensor) -> HeadOutputs:
+        """``images`` ``[B, 3, H, W]`` float in [0, 1] -> raw head outputs."""
+        return self.model(images)
+
+    # ------------------------------------------------------------------ data plumbing
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int):
+        return batch.to(device)
+
+    @staticmethod
+    def float_images(batch: Batch) -> torch.Tensor:
+        """uint8 ``[B, 3, H, W]`` -> float [0, 1], on the device (cheaper to ship uint8)."""
+        return batch.images.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.trainer is not None and self.trainer.datamodule is not None:
+            self.check_labels(self.trainer.datamodule.labeled_counts())
+
+    def check_labels(self, counts: dict[str, int]) -> None:
+        """Refuse to train a head that no training sample has labels for."""
+        wanted = [t for t in TASKS if t != "drivable" or self.hparams.drivable]
+        missing = [t for t in wanted if counts.get(t, 0) == 0]
+        if missing:
+            hint = " (set model.drivable: false)" if missing == ["drivable"] else ""
+            raise PerceptionError(
+                f"the model has a {', '.join(missing)} head but no training sample is labeled "
+                f"for {' or '.join(missing)}{hint}; labeled counts: {counts}"
+            )
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        if batch.num_skipped:
+            self.log("data/skipped", float(batch.num_skipped), reduce_fx="sum", batch_size=1)
+        if len(batch) == 0:
+            return None
+        images = self.float_images(batch)
+        outputs = self.model(images)
+        total, parts = self.loss(outputs, batch, *self.points(images))
+        logged = {f"train/{k}": v.detach().float() for k, v in parts.items()}
+        self.log_dict(logged, batch_size=len(batch))
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=len(batch))
+        return total
+
+    def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        if len(batch) == 0:
+            return
+        images = self.float_images(batch)
+        outputs = self.eval_model(images)
+        points, strides = self.points(images)
+        total, _ = self.loss(outputs, batch, points, strides)
+        self.log("val/loss", total, batch_size=len(batch), sync_dist=True)
+        self.metrics.update(outputs, batch, points, strides)
+        if batch_idx == 0 and self.hparams.overlay_images > 0:
+            from perception.training.callbacks import log_overlays
+
+            log_overlays(self, batch, outputs, points, strides)
+
+    def on_validation_epoch_start(self) -> None:
+        self.metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        # Whole-split metrics of this process's shard; with several GPUs each rank scores
+        # its own part (single-GPU training is the supported recipe).
+        results = self.metrics.compute()
+        finite = {f"val/{k}": v for k, v in results.items() if not math.isnan(v)}
+        self.log_dict(finite)
+        self.log("val/score", combined_score(results), prog_bar=True)
+
+    # ------------------------------------------------------------------ optimization
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = build_optimizer(hp.optimizer, self, hp.lr, hp.weight_decay, hp.momentum)
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(total, min(hp.warmup_steps, total // 3))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

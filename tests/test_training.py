@@ -1,0 +1,275 @@
+"""Training end to end on CPU: real learning, checkpoints, resume, eval, config errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from perception.cli import main
+from perception.data.datamodule import PerceptionDataModule
+from perception.data.synthetic.scene import CLASSES
+from perception.data.synthetic.writer import write_dataset
+from perception.training.module import PerceptionModule, combined_score
+from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
+
+SIZE = (96, 160)
+TINY = dict(backbone="resnet18", neck_width=32, head_width=32, ema_decay=0.0)
+SPEC_KEYS = {
+    "det/mAP50",
+    "det/mAP50_95",
+    "det/recall",
+    "lane/iou",
+    "lane/acc",
+    "lane/acc_balanced",
+    "drivable/miou",
+    "depth/abs_rel",
+    "depth/sq_rel",
+    "depth/rmse",
+    "depth/rmse_log",
+    "depth/delta1",
+    "depth/delta2",
+    "depth/delta3",
+    "num_images",
+}
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # default loggers write ./runs
+
+
+def exit_code(args: list[str]) -> int:
+    """``main``'s return value, or the code of the SystemExit jsonargparse raises."""
+    try:
+        return main(args)
+    except SystemExit as err:
+        return int(err.code)
+
+
+@pytest.fixture(scope="module")
+def synth32(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("synth") / "s", num=32, seed=3, size=SIZE)
+
+
+class LossRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.history.append(
+            {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        )
+
+
+def test_tiny_model_overfits_32_synthetic_images(synth32: Path):
+    """Each task's loss must fall by at least 70% when memorizing 32 images."""
+    torch.manual_seed(0)
+    module = PerceptionModule(
+        **TINY, combiner="fixed", optimizer="adam", lr=3e-3, warmup_steps=10, overlay_images=0
+    )
+    data = PerceptionDataModule(
+        train=[str(synth32)],
+        classes=list(CLASSES),
+        image_size=SIZE,
+        batch_size=8,
+        num_workers=0,
+        augment=False,
+    )
+    recorder = LossRecorder()
+    trainer = L.Trainer(
+        max_steps=240,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, data)
+    first, last = recorder.history[:8], recorder.history[-8:]
+    for key in ("train/det", "train/seg", "train/depth"):
+        start = sum(h[key] for h in first) / len(first)
+        end = sum(h[key] for h in last) / len(last)
+        assert end <= 0.3 * start, f"{key}: {start:.4f} -> {end:.4f} (< 70% drop)"
+
+
+def test_fit_checkpoints_resume_and_eval(synth32: Path, tmp_path: Path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {**TINY, "ema_decay": 0.9, "overlay_images": 2},
+                "data": {
+                    "train": [str(synth32)],
+                    "val_fraction": 0.25,
+                    "image_size": list(SIZE),
+                    "batch_size": 8,
+                    "num_workers": 0,
+                },
+                "trainer": {
+                    "max_epochs": 2,
+                    "accelerator": "cpu",
+                    "default_root_dir": str(tmp_path),
+                    "enable_progress_bar": False,
+                    "log_every_n_steps": 1,
+                    "logger": [
+                        {
+                            "class_path": "lightning.pytorch.loggers.CSVLogger",
+                            "init_args": {"save_dir": str(tmp_path / "logs")},
+                        },
+                        {
+                            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                            "init_args": {"save_dir": str(tmp_path / "tb")},
+                        },
+                    ],
+                },
+            }
+        )
+    )
+    assert main(["train", "--config", str(config)]) == 0
+    ckpts = sorted(tmp_path.rglob("*.ckpt"))
+    names = {c.name for c in ckpts}
+    assert "last.ckpt" in names and any(n.startswith("best-") for n in names)
+    assert list(tmp_path.rglob("overlays/*.jpg")), "validation overlays were not written"
+    metrics_csv = next((tmp_path / "logs").rglob("metrics.csv")).read_text()
+    assert "train/weight_det" in metrics_csv and "val/score" in metrics_csv
+
+    last = next(c for c in ckpts if c.name == "last.ckpt")
+    step_before = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(config),
+                "--trainer.max_epochs",
+                "3",
+                "--ckpt_path",
+                str(last),
+            ]
+        )
+        == 0
+    )
+    newest = max(tmp_path.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    assert torch.load(newest, map_location="cpu", weights_only=True)["global_step"] > step_before
+
+    out_json = tmp_path / "metrics.json"
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(last),
+                "--data",
+                str(synth32),
+                "--json",
+                str(out_json),
+                "--workers",
+                "0",
+                "--limit",
+                "8",
+            ]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert "det/mAP50_95" in table and "depth/abs_rel" in table
+    metrics = json.loads(out_json.read_text())
+    assert set(metrics) == SPEC_KEYS and metrics["num_images"] == 8
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--model.not_a_key", "1"], "not_a_key"),
+        (["--model.backbone", "resnet181"], "resnet18"),
+        (["--model.optimizer", "adamx"], "adamw"),
+    ],
+)
+def test_bad_configuration_gives_a_clear_error(synth32: Path, override, message, capsys):
+    args = [
+        "train",
+        "--data.train",
+        f"[{synth32}]",
+        "--data.num_workers",
+        "0",
+        "--trainer.max_steps",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        *override,
+    ]
+    assert exit_code(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_class_mismatch_and_unlabeled_head_are_refused(synth32: Path, tmp_path: Path, capsys):
+    assert (
+        exit_code(
+            [
+                "train",
+                "--data.train",
+                f"[{synth32}]",
+                "--model.class_names",
+                "[car, van]",
+                "--trainer.max_steps",
+                "1",
+            ]
+        )
+        == 2
+    )
+    assert "truck" in capsys.readouterr().err  # the unmapped dataset classes are named
+
+    stripped = tmp_path / "no_drivable"
+    stripped.mkdir()
+    for item in synth32.iterdir():
+        (stripped / item.name).symlink_to(item)
+    (stripped / "manifest.jsonl").unlink()
+    lines = []
+    for line in (synth32 / "manifest.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        record.pop("drivable")
+        lines.append(json.dumps(record))
+    (stripped / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    assert (
+        exit_code(
+            [
+                "train",
+                "--data.train",
+                f"[{stripped}]",
+                "--data.num_workers",
+                "0",
+                "--trainer.max_steps",
+                "1",
+                "--trainer.accelerator",
+                "cpu",
+            ]
+        )
+        == 2
+    )
+    assert "no training sample is labeled for drivable" in capsys.readouterr().err
+
+
+def test_every_optimizer_builds_and_schedule_warms_up_then_decays():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    for name in OPTIMIZERS:
+        optimizer = build_optimizer(name, model, lr=0.1, weight_decay=0.01)
+        assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
+    factor = warmup_cosine(total_steps=100, warmup_steps=10)
+    values = [factor(s) for s in range(100)]
+    assert values[0] < values[9] <= 1.0 and values[10] == pytest.approx(1.0)
+    assert values[-1] < 0.1 and all(a >= b for a, b in itertools.pairwise(values[10:]))
+
+
+def test_combined_score_ignores_missing_tasks():
+    assert combined_score({"det/mAP50_95": 0.5, "lane/iou": float("nan")}) == 0.5
+    assert combined_score({}) == 0.0
