@@ -85,7 +85,8 @@ def facade(rays: np.ndarray, mount_height: float, road: Road, side: Facades) -> 
     block = side.block_at(z)
     inside = block >= 0
     height = side.heights[block]
-    y = t * dy  # world Y of the hit; facades stand on the sidewalk, Y <= h - curb
+    with np.errstate(invalid="ignore"):  # inf * 0 on rays parallel to the facade
+        y = t * dy  # world Y of the hit; facades stand on the sidewalk, Y <= h - curb
     top = mount_height - road.curb_height - height
     hit = inside & (height > 0) & (y >= top) & (y <= mount_height - road.curb_height)
     return np.where(hit, t, np.inf).astype(np.float32)
