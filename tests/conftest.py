@@ -20,6 +20,12 @@ from perception.structures import Camera
 torch.set_num_threads(1)
 
 CLASSES = ["car", "pedestrian"]
+# The metric keys of `perception eval --json`, in SPEC.md order (the contract under test).
+SPEC_KEYS = [
+    "det/mAP50", "det/mAP50_95", "det/recall", "lane/iou", "lane/acc", "lane/acc_balanced",
+    "drivable/miou", "depth/abs_rel", "depth/sq_rel", "depth/rmse", "depth/rmse_log",
+    "depth/delta1", "depth/delta2", "depth/delta3", "num_images",
+]  # fmt: skip
 
 
 def write_tiny_dataset(

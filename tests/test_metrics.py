@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import SPEC_KEYS
 
 from perception.structures import Batch, Detections, HeadOutputs
 from perception.training.metrics import (
@@ -19,11 +20,6 @@ from perception.training.metrics import (
 )
 
 NUM_CLASSES = 3
-SPEC_KEYS = [
-    "det/mAP50", "det/mAP50_95", "det/recall", "lane/iou", "lane/acc", "lane/acc_balanced",
-    "drivable/miou", "depth/abs_rel", "depth/sq_rel", "depth/rmse", "depth/rmse_log",
-    "depth/delta1", "depth/delta2", "depth/delta3", "num_images",
-]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ detection

@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from conftest import SPEC_KEYS
 
 from perception.cli import main
 from perception.data.datamodule import PerceptionDataModule
@@ -20,23 +21,6 @@ from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
 
 SIZE = (96, 160)
 TINY = dict(backbone="resnet18", neck_width=32, head_width=32, ema_decay=0.0)
-SPEC_KEYS = {
-    "det/mAP50",
-    "det/mAP50_95",
-    "det/recall",
-    "lane/iou",
-    "lane/acc",
-    "lane/acc_balanced",
-    "drivable/miou",
-    "depth/abs_rel",
-    "depth/sq_rel",
-    "depth/rmse",
-    "depth/rmse_log",
-    "depth/delta1",
-    "depth/delta2",
-    "depth/delta3",
-    "num_images",
-}
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +34,12 @@ def exit_code(args: list[str]) -> int:
         return main(args)
     except SystemExit as err:
         return int(err.code)
+
+
+def one_step_run(root: Path, *extra: str) -> list[str]:
+    """``perception train`` arguments for a one-step CPU run on ``root``."""
+    return ["train", "--data.train", f"[{root}]", "--data.num_workers", "0",
+            "--trainer.max_steps", "1", "--trainer.accelerator", "cpu", *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -144,20 +134,8 @@ def test_fit_checkpoints_resume_and_eval(synth32: Path, tmp_path: Path, capsys):
 
     last = next(c for c in ckpts if c.name == "last.ckpt")
     step_before = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
-    assert (
-        main(
-            [
-                "train",
-                "--config",
-                str(config),
-                "--trainer.max_epochs",
-                "3",
-                "--ckpt_path",
-                str(last),
-            ]
-        )
-        == 0
-    )
+    resume = ["train", "--config", str(config), "--trainer.max_epochs", "3", "--ckpt_path"]
+    assert main([*resume, str(last)]) == 0
     newest = max(tmp_path.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
     assert torch.load(newest, map_location="cpu", weights_only=True)["global_step"] > step_before
 
@@ -184,7 +162,7 @@ def test_fit_checkpoints_resume_and_eval(synth32: Path, tmp_path: Path, capsys):
     table = capsys.readouterr().out
     assert "det/mAP50_95" in table and "depth/abs_rel" in table
     metrics = json.loads(out_json.read_text())
-    assert set(metrics) == SPEC_KEYS and metrics["num_images"] == 8
+    assert list(metrics) == SPEC_KEYS and metrics["num_images"] == 8
 
 
 @pytest.mark.parametrize(
@@ -196,37 +174,12 @@ def test_fit_checkpoints_resume_and_eval(synth32: Path, tmp_path: Path, capsys):
     ],
 )
 def test_bad_configuration_gives_a_clear_error(synth32: Path, override, message, capsys):
-    args = [
-        "train",
-        "--data.train",
-        f"[{synth32}]",
-        "--data.num_workers",
-        "0",
-        "--trainer.max_steps",
-        "1",
-        "--trainer.accelerator",
-        "cpu",
-        *override,
-    ]
-    assert exit_code(args) == 2
+    assert exit_code(one_step_run(synth32, *override)) == 2
     assert message in capsys.readouterr().err
 
 
 def test_class_mismatch_and_unlabeled_head_are_refused(synth32: Path, tmp_path: Path, capsys):
-    assert (
-        exit_code(
-            [
-                "train",
-                "--data.train",
-                f"[{synth32}]",
-                "--model.class_names",
-                "[car, van]",
-                "--trainer.max_steps",
-                "1",
-            ]
-        )
-        == 2
-    )
+    assert exit_code(one_step_run(synth32, "--model.class_names", "[car, van]")) == 2
     assert "truck" in capsys.readouterr().err  # the unmapped dataset classes are named
 
     stripped = tmp_path / "no_drivable"
@@ -240,22 +193,7 @@ def test_class_mismatch_and_unlabeled_head_are_refused(synth32: Path, tmp_path: 
         record.pop("drivable")
         lines.append(json.dumps(record))
     (stripped / "manifest.jsonl").write_text("\n".join(lines) + "\n")
-    assert (
-        exit_code(
-            [
-                "train",
-                "--data.train",
-                f"[{stripped}]",
-                "--data.num_workers",
-                "0",
-                "--trainer.max_steps",
-                "1",
-                "--trainer.accelerator",
-                "cpu",
-            ]
-        )
-        == 2
-    )
+    assert exit_code(one_step_run(stripped)) == 2
     assert "no training sample is labeled for drivable" in capsys.readouterr().err
 
 
@@ -273,3 +211,15 @@ def test_every_optimizer_builds_and_schedule_warms_up_then_decays():
 def test_combined_score_ignores_missing_tasks():
     assert combined_score({"det/mAP50_95": 0.5, "lane/iou": float("nan")}) == 0.5
     assert combined_score({}) == 0.0
+
+
+def test_training_curves_plot_from_metrics_csv(tmp_path: Path):
+    from perception.training.curves import plot_curves, read_series
+
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text(
+        "epoch,step,train/det,train/seg,val/lane/iou\n0,0,2.0,1.0,\n0,10,1.0,0.5,\n0,10,,,0.4\n"
+    )
+    series = read_series(csv_path)
+    assert series["train/det"] == [(0, 2.0), (10, 1.0)] and series["val/lane/iou"] == [(10, 0.4)]
+    assert plot_curves(csv_path, tmp_path / "c.png").stat().st_size > 5000

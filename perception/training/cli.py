@@ -42,7 +42,7 @@ def trainer_defaults() -> dict:
             },
             {
                 "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": "runs", "name": "perception"},
+                "init_args": {"save_dir": "runs", "name": "perception-csv"},
             },
         ],
         "callbacks": [  # LightningCLI adds these instances to every run as they are

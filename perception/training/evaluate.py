@@ -22,24 +22,6 @@ from perception.data.transforms import SampleTransform
 from perception.ops.points import dense_points
 from perception.training.metrics import MetricsSuite
 
-METRIC_ORDER = (
-    "det/mAP50",
-    "det/mAP50_95",
-    "det/recall",
-    "lane/iou",
-    "lane/acc",
-    "lane/acc_balanced",
-    "drivable/miou",
-    "depth/abs_rel",
-    "depth/sq_rel",
-    "depth/rmse",
-    "depth/rmse_log",
-    "depth/delta1",
-    "depth/delta2",
-    "depth/delta3",
-    "num_images",
-)
-
 
 def pick_device(device: str | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -79,8 +61,8 @@ def evaluate(
 
 
 def format_table(metrics: dict[str, float]) -> str:
-    """Aligned ``key  value`` lines in the SPEC order."""
-    keys = [k for k in METRIC_ORDER if k in metrics]
+    """Aligned ``key  value`` lines, in the order given (MetricsSuite uses SPEC order)."""
+    keys = list(metrics)
     width = max(len(k) for k in keys)
     return "\n".join(
         f"{k:<{width}}  {metrics[k]:.4f}"

@@ -1,0 +1,61 @@
+"""Training curves from a Lightning ``metrics.csv``: per-task losses and validation metrics.
+
+``python -m perception.training.curves runs/.../metrics.csv docs/training_curves.png``
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+LOSS_KEYS = ("train/det", "train/seg", "train/depth", "train/loss")
+VAL_KEYS = ("val/det/mAP50", "val/lane/iou", "val/drivable/miou", "val/depth/delta1", "val/score")
+
+
+def read_series(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """``key -> [(step, value)]`` for every non-empty cell of the CSV."""
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(row["step"])
+            for key, value in row.items():
+                if key not in ("step", "epoch") and value not in ("", None):
+                    series[key].append((step, float(value)))
+    return series
+
+
+def plot_curves(metrics_csv: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Two panels: training losses (log scale) and validation metrics against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = read_series(metrics_csv)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for key in LOSS_KEYS:
+        if series.get(key):
+            steps, values = zip(*series[key], strict=True)
+            left.plot(steps, values, label=key.removeprefix("train/"))
+    left.set(yscale="log", xlabel="step", title="training loss per task (unweighted)")
+    for key in VAL_KEYS:
+        if series.get(key):
+            steps, values = zip(*series[key], strict=True)
+            right.plot(steps, values, marker="o", label=key.removeprefix("val/"))
+    right.set(xlabel="step", ylim=(0, 1), title="validation metrics")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+if __name__ == "__main__":
+    print(plot_curves(sys.argv[1], sys.argv[2]))
