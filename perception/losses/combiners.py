@@ -13,6 +13,7 @@ the same under every combiner. ``build_combiner`` is the one factory.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -23,8 +24,8 @@ from perception.errors import PerceptionError
 COMBINED_TASKS: tuple[str, ...] = ("det", "seg", "depth")
 
 
-class Combiner(nn.Module):
-    """Base: validates the task list and the static ``weights``."""
+class Combiner(nn.Module, ABC):
+    """Base: validates the task list and the static ``weights``; subclasses weigh."""
 
     def __init__(
         self, weights: Mapping[str, float] | None = None, tasks: Sequence[str] = COMBINED_TASKS
@@ -39,11 +40,11 @@ class Combiner(nn.Module):
             )
         self.static = {t: float(weights.get(t, 1.0)) for t in self.tasks}
 
+    @abstractmethod
     def forward(
         self, losses: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``losses``/``present`` per task -> (total ``[]``, detached weight per task)."""
-        raise NotImplementedError
 
     def _stack(
         self, losses: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor]
