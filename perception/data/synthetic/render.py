@@ -170,20 +170,30 @@ def _open_pixels(hit: raycast.GroundHit, scene: Scene, size: int) -> np.ndarray:
 
 def _facades(frame: Frame, rays: np.ndarray, pixels: np.ndarray, scene: Scene) -> None:
     """Building facades on both sides, cast for the flat ``pixels`` whose ``rays`` are
-    ``[3, P]``."""
+    ``[3, P]``.
+
+    On a straight road the lateral coordinate changes linearly along a ray, so a ray can
+    only reach the facade on the side it is heading to: each side tests only those rays.
+    """
     cam, road, light = scene.camera, scene.road, scene.lighting
     yaw = road.yaw_at(20.0)
+    rate = rays[0] - road.heading * rays[2]  # d(lateral)/dt on a straight road
     for sign, side in zip((1, -1), scene.facades, strict=True):
-        t = raycast.facade(rays, cam.mount_height, road, side)
+        if road.curvature == 0.0:
+            keep = np.flatnonzero(rate * (side.lateral + road.offset) > 0)
+            side_rays, side_pixels = rays[:, keep], pixels[keep]
+        else:
+            side_rays, side_pixels = rays, pixels
+        t = raycast.facade(side_rays, cam.mount_height, road, side)
         normal = sign * np.array([np.cos(yaw), 0.0, -np.sin(yaw)])
 
-        def color(win, t=t, side=side, normal=normal):
-            z = t[win] * rays[2][win]
-            up = cam.mount_height - road.curb_height - t[win] * rays[1][win]
+        def color(win, t=t, side=side, normal=normal, side_rays=side_rays):
+            z = t[win] * side_rays[2][win]
+            up = cam.mount_height - road.curb_height - t[win] * side_rays[1][win]
             lam = float(normal @ np.asarray(light.sun))
             return shading.lit(_facade_albedo(z, up, side, light), lam, light)
 
-        frame.paint(pixels, t, color, FACADE)
+        frame.paint(side_pixels, t, color, FACADE)
 
 
 def _facade_albedo(z: np.ndarray, up: np.ndarray, side, light) -> np.ndarray:

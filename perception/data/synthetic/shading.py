@@ -1,7 +1,8 @@
 """Appearance: light, textures and camera effects, so flat colours never solve the task.
 
-Colours are linear RGB in [0, 1] until ``develop`` applies exposure, vignetting, fog
-already blended by depth, blur, sensor noise and gamma. Textures are looked up in world
+Colours are linear RGB in [0, 1] until ``develop`` applies exposure, vignetting, gamma
+(2.0: a square root, close to sRGB and cheap), blur and sensor noise; fog is blended by
+depth before that. Textures are looked up in world
 coordinates (asphalt grain stays on the road as it recedes) from noise tiles built once
 per process with a fixed seed, so rendering stays deterministic and fast.
 """
@@ -34,12 +35,6 @@ def sensor_noise(height: int, width: int) -> np.ndarray:
     """``[3, H + 64, W + 64]`` float32 unit Gaussian noise; images take random crops."""
     rng = np.random.default_rng(7)
     return rng.standard_normal((3, height + 64, width + 64), dtype=np.float32)
-
-
-@lru_cache(maxsize=1)
-def gamma_lut() -> np.ndarray:
-    """``[4096]`` float32: linear [0, 1] in 4096 steps -> sRGB-like 0..255 (gamma 2.2)."""
-    return (np.linspace(0, 1, 4096, dtype=np.float32) ** (1 / 2.2) * 255).astype(np.float32)
 
 
 def texture(u: np.ndarray, v: np.ndarray, scale: float) -> np.ndarray:
@@ -105,9 +100,8 @@ def develop(color: np.ndarray, light: Lighting, lens: Lens, rng: np.random.Gener
     h, w = color.shape[1:]
     yy = np.linspace(-1, 1, h, dtype=np.float32)[:, None]
     xx = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
-    gain = light.exposure * 4095 * (1.0 - lens.vignette * 0.5 * (xx * xx + yy * yy))
-    index = np.minimum(color * gain, 4095).astype(np.int16)  # [3, H, W]
-    img = gamma_lut()[index]
+    gain = light.exposure * (1.0 - lens.vignette * 0.5 * (xx * xx + yy * yy))  # [H, W]
+    img = np.sqrt(np.minimum(color * gain, 1.0)) * np.float32(255)  # gamma-2 encoding
     if lens.blur_sigma > 0:
         img = np.stack([cv2.GaussianBlur(plane, (0, 0), lens.blur_sigma) for plane in img])
     oy, ox = rng.integers(0, 64, 2)
