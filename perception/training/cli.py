@@ -8,6 +8,7 @@ and input size are written once and cannot disagree.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -59,11 +60,19 @@ def trainer_defaults() -> dict:
 
 
 def run_train(argv: Sequence[str]) -> None:
-    """Run ``fit``; ``argv`` is everything after ``perception train``."""
-    PerceptionCLI(
-        PerceptionModule,
-        PerceptionDataModule,
-        args=["fit", *argv],
-        trainer_defaults=trainer_defaults(),
-        save_config_kwargs={"overwrite": True},
-    )
+    """Run ``fit``; ``argv`` is everything after ``perception train``.
+
+    LightningCLI reads ``sys.argv`` (passing ``args=`` as well makes it warn on every run),
+    so the arguments go through ``sys.argv`` for the duration of the call.
+    """
+    saved = sys.argv
+    sys.argv = ["perception train", "fit", *argv]
+    try:
+        PerceptionCLI(
+            PerceptionModule,
+            PerceptionDataModule,
+            trainer_defaults=trainer_defaults(),
+            save_config_kwargs={"overwrite": True},
+        )
+    finally:
+        sys.argv = saved
