@@ -19,7 +19,9 @@ class ModelEMA(nn.Module):
 
     def __init__(self, model: nn.Module, decay: float = 0.9998, ramp: float = 2000.0) -> None:
         super().__init__()
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        # Left in the mode Lightning gives it: validation switches everything to eval, and
+        # the copy is never trained (no grads), so forcing eval here only draws warnings.
+        self.module = copy.deepcopy(model).requires_grad_(False)
         self.decay, self.ramp = decay, ramp
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
