@@ -83,6 +83,49 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from perception.checkpoints import load_model
+    from perception.errors import PerceptionError
+    from perception.export import export_onnx, format_differences, quantize_int8, verify_onnx
+
+    if args.int8 and not args.calib:
+        raise PerceptionError("--int8 needs --calib DIR (a v1 dataset of calibration images)")
+    loaded = load_model(args.weights)
+    out = Path(args.out)
+    fp32_out = out.with_suffix(".fp32.onnx") if args.int8 else out
+    path = export_onnx(
+        loaded,
+        fp32_out,
+        opset=args.opset,
+        dynamic_batch=args.dynamic,
+        dynamic_hw=args.dynamic and not args.nms,
+        nms=args.nms,
+        fp16=args.fp16 and not args.int8,
+    )
+    tol = {"rtol": 1e-2, "atol": 1e-2} if args.fp16 and not args.int8 else {}
+    print(f"{path}: onnxruntime vs PyTorch (max abs, max rel)")
+    print(format_differences(verify_onnx(path, loaded.model, **tol)))
+    if args.int8:
+        print(quantize_int8(path, out, args.calib, num_images=args.calib_images))
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="ONNX export, verified against PyTorch with onnxruntime")
+    p.add_argument("--weights", required=True, help=".ckpt or .safetensors")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--fp16", action="store_true", help="fp16 internals, fp32 inputs/outputs")
+    p.add_argument("--int8", action="store_true", help="static INT8 (QDQ), needs --calib")
+    p.add_argument("--calib", default=None, help="v1 dataset with calibration images")
+    p.add_argument("--calib-images", type=_positive_int, default=64)
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch (and H/W without --nms)")
+    p.add_argument("--nms", action="store_true", help="decode + class-aware NMS in the graph")
+    p.add_argument("--opset", type=int, default=18)
+    p.set_defaults(func=_cmd_export)
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -134,6 +177,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_check_data,
     _add_train,
     _add_eval,
+    _add_export,
 )
 
 

@@ -1,0 +1,507 @@
+"""ONNX export: wrapper, export, onnxruntime verification, fp16 and static INT8 variants.
+
+Why it looks the way it does:
+
+- ``ExportWrapper`` returns a flat tuple of named tensors (ONNX has no NamedTuple); the raw
+  outputs are exactly ``MultiTaskModel``'s, so a consumer decodes them with the same
+  ``perception.postprocess`` code as PyTorch.
+- ``nms=True`` puts decoding + NMS in the graph for runtimes that want boxes out. NMS is the
+  ONNX ``NonMaxSuppression`` op (batched, per class, exact greedy NMS as torchvision's),
+  reached through a small custom torch op (``perception::class_nms``) whose eager kernel is
+  torchvision and whose ONNX translation is one onnxscript function. Why not
+  ``torchvision.ops.batched_nms``: its ONNX translation handles one image and one class, so
+  it cannot serve a dynamic batch. The variable-length selection is then padded to fixed
+  ``[B, max_det]`` outputs with a top-k (``det_count`` says how many rows are real).
+  Limits: the points are constants for the export size, so ``nms`` needs a fixed H x W;
+  candidates are chosen as in ``postprocess_detections`` (multi-label, ``score > conf``,
+  the ``pre_nms_topk`` best), except that ties at the ``pre_nms_topk``-th score all enter.
+- Metadata (class names, input size, mean/std, version, outputs, NMS settings) is stored
+  in the file's ``metadata_props``, so the ``.onnx`` alone is enough to run the model.
+- fp16: ``onnxconverter-common`` is not a dependency; onnxruntime ships the same converter
+  (``onnxruntime.transformers.float16``). We convert the verified fp32 graph with
+  ``keep_io_types=True``: fp16 internals, fp32 inputs/outputs, so every consumer feeds the
+  same tensors whatever the precision.
+- INT8: static QDQ quantisation (``onnxruntime.quantization.quantize_static``) calibrated
+  on letterboxed images of a v1 dataset, i.e. exactly what the model sees at inference.
+
+This module never imports Lightning or ``perception.training`` (ARCHITECTURE: export runs
+without them).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from perception.checkpoints import LoadedModel, ModelMeta, load_model
+from perception.errors import PerceptionError
+from perception.models import MultiTaskModel
+from perception.ops.boxes import decode_box_dist
+from perception.ops.points import dense_points
+
+INPUT_NAME = "images"
+RAW_OUTPUTS: tuple[str, ...] = ("cls_logits", "box_dist", "seg_logits", "depth_log")
+DET_OUTPUTS: tuple[str, ...] = ("det_boxes", "det_scores", "det_labels", "det_count")
+DENSE_OUTPUTS: tuple[str, ...] = ("seg_logits", "depth_log")
+METADATA_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class NMSConfig:
+    """In-graph NMS settings; the same meaning as ``postprocess_detections``' arguments.
+
+    ``clip`` clips decoded boxes to the network canvas before NMS (pass
+    ``image_size=(H, W)`` to ``postprocess_detections`` for the same result).
+    """
+
+    conf: float = 0.25
+    iou: float = 0.6
+    max_det: int = 300
+    pre_nms_topk: int = 1000
+    clip: bool = True
+
+
+# ----------------------------------------------------------------------- the NMS custom op
+
+
+@torch.library.custom_op("perception::class_nms", mutates_args=())
+def class_nms(boxes: Tensor, scores: Tensor, max_per_class: int, iou: float, conf: float) -> Tensor:
+    """Eager kernel of ONNX ``NonMaxSuppression``: per image and class, greedy NMS.
+
+    Args:
+        boxes: ``[B, N, 4]`` xyxy.
+        scores: ``[B, K, N]`` scores; only ``score > conf`` enter.
+        max_per_class: at most this many kept boxes per image and class.
+        iou: suppress a box overlapping a kept higher-scoring box by more than ``iou``.
+        conf: score threshold.
+
+    Returns:
+        ``[M, 3]`` int64 rows ``(batch, class, box)``, like the ONNX op.
+    """
+    from torchvision.ops import nms
+
+    rows = []
+    for b in range(scores.shape[0]):
+        for k in range(scores.shape[1]):
+            idx = torch.nonzero(scores[b, k] > conf).squeeze(1)  # [C]
+            keep = idx[nms(boxes[b, idx].float(), scores[b, k, idx].float(), iou)][:max_per_class]
+            rows.append(torch.stack([torch.full_like(keep, b), torch.full_like(keep, k), keep], 1))
+    if not rows:
+        return torch.zeros((0, 3), dtype=torch.int64, device=boxes.device)
+    return torch.cat(rows).long()
+
+
+@class_nms.register_fake
+def _class_nms_fake(
+    boxes: Tensor, scores: Tensor, max_per_class: int, iou: float, conf: float
+) -> Tensor:
+    """Shape for tracing: ``[M, 3]`` with a data-dependent ``M``."""
+    num = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((num, 3), dtype=torch.int64)
+
+
+def _onnx_class_nms(boxes, scores, max_per_class: int, iou: float, conf: float):
+    """onnxscript translation of ``perception::class_nms``: one ``NonMaxSuppression`` node.
+
+    ``center_point_box=0`` reads corners as ``(y1, x1, y2, x2)``; IoU is symmetric in x/y,
+    so xyxy boxes give the same result.
+    """
+    from onnxscript import opset18 as op
+
+    return op.NonMaxSuppression(
+        boxes,
+        scores,
+        op.Constant(value_ints=[max_per_class]),
+        op.Constant(value_floats=[iou]),
+        op.Constant(value_floats=[conf]),
+        center_point_box=0,
+    )
+
+
+# --------------------------------------------------------------------------- the wrapper
+
+
+class ExportWrapper(nn.Module):
+    """``images [B, 3, H, W]`` float in ``[0, 1]`` -> flat tuple of named tensors.
+
+    Without NMS: ``(cls_logits, box_dist, seg_logits, depth_log)``, the model's raw outputs.
+    With NMS: ``(det_boxes [B, D, 4], det_scores [B, D], det_labels [B, D] int64,
+    det_count [B] int64, seg_logits, depth_log)``, ``D = max_det``, boxes xyxy in network
+    pixels, rows sorted by decreasing score and zero past ``det_count``.
+    """
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        nms: NMSConfig | None = None,
+        image_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model, self.nms, self.image_size = model, nms, image_size
+        if nms is not None:
+            if image_size is None:
+                raise PerceptionError("export: nms needs a fixed image_size (H, W)")
+            points, strides = dense_points(model.level_sizes(image_size), model.strides)
+            self.register_buffer("points", points, persistent=False)  # [A, 2]
+            self.register_buffer("point_strides", strides, persistent=False)  # [A]
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Names of ``forward``'s outputs, in order."""
+        return RAW_OUTPUTS if self.nms is None else DET_OUTPUTS + DENSE_OUTPUTS
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        out = self.model(images)
+        if self.nms is None:
+            return tuple(out)
+        return (*self._detect(out.cls_logits, out.box_dist), out.seg_logits, out.depth_log)
+
+    def _detect(self, cls_logits: Tensor, box_dist: Tensor) -> tuple[Tensor, ...]:
+        """Raw ``[B, A, K]`` / ``[B, A, 4]`` -> padded detections (see the class docstring)."""
+        cfg = self.nms
+        assert cfg is not None and self.image_size is not None
+        b, a, k = cls_logits.shape
+        scores = cls_logits.float().sigmoid()  # [B, A, K]
+        boxes = decode_box_dist(box_dist.float(), self.points, self.point_strides)  # [B, A, 4]
+        if cfg.clip:
+            h, w = self.image_size
+            boxes = torch.cat([boxes[..., 0::2].clamp(0, w), boxes[..., 1::2].clamp(0, h)], -1)
+            boxes = boxes[..., [0, 2, 1, 3]]  # (x1, x2, y1, y2) -> xyxy
+        # pre-NMS top-k over all (point, class) pairs: zero out scores below the k-th best
+        topk = min(cfg.pre_nms_topk, a * k)
+        kth = scores.reshape(b, a * k).topk(topk, dim=1).values[:, -1:]  # [B, 1]
+        scores = torch.where(scores >= kth[:, :, None], scores, torch.zeros_like(scores))
+        scores_t = scores.transpose(1, 2).contiguous()  # [B, K, A]
+        sel = class_nms(boxes, scores_t, cfg.max_det, cfg.iou, cfg.conf)  # [M, 3]
+        return _pad_selection(sel, boxes, scores_t, cfg.max_det)
+
+
+def _pad_selection(
+    sel: Tensor, boxes: Tensor, scores: Tensor, max_det: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """NMS rows ``[M, 3]`` -> the ``max_det`` best per image, padded to fixed shapes.
+
+    Each image ranks all ``M`` rows with the others' masked to -1 (real scores are > 0),
+    plus ``max_det`` padding columns, so top-k is defined even when ``M < max_det``.
+    """
+    bi, ci, ai = sel[:, 0], sel[:, 1], sel[:, 2]  # [M] each
+    batch = boxes.shape[0]
+    sel_scores = scores[bi, ci, ai]  # [M]
+    sel_boxes = boxes[bi, ai]  # [M, 4]
+    mine = bi[None, :] == torch.arange(batch, device=sel.device)[:, None]  # [B, M]
+    ranked = torch.where(mine, sel_scores[None, :], torch.full_like(sel_scores, -1.0)[None, :])
+    pad = torch.full((batch, max_det), -1.0, dtype=ranked.dtype, device=ranked.device)
+    top, order = torch.cat([ranked, pad], dim=1).topk(max_det, dim=1)  # [B, D]
+    valid = top > 0  # [B, D]
+    all_boxes = torch.cat([sel_boxes, sel_boxes.new_zeros((max_det, 4))])  # [M + D, 4]
+    all_labels = torch.cat([ci, ci.new_zeros((max_det,))])  # [M + D]
+    det_boxes = all_boxes[order] * valid[..., None]  # [B, D, 4]
+    det_scores = torch.where(valid, top, torch.zeros_like(top))  # [B, D]
+    det_labels = torch.where(valid, all_labels[order], torch.zeros_like(all_labels[order]))
+    return det_boxes, det_scores, det_labels, valid.sum(dim=1)
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def _resolve(weights_or_model: Any, class_names: Sequence[str] | None) -> LoadedModel:
+    """A weights path, a ``LoadedModel`` or a bare ``MultiTaskModel`` -> ``LoadedModel``."""
+    if isinstance(weights_or_model, LoadedModel):
+        return weights_or_model
+    if isinstance(weights_or_model, MultiTaskModel):
+        names = list(class_names or [str(i) for i in range(weights_or_model.num_classes)])
+        return LoadedModel(weights_or_model, ModelMeta({}, names, (384, 640)))
+    if isinstance(weights_or_model, str | os.PathLike):
+        return load_model(weights_or_model, "cpu")
+    raise PerceptionError(f"export: expected a weights path or a model, got {weights_or_model!r}")
+
+
+def _dynamic_shapes(dynamic_batch: bool, dynamic_hw: bool) -> dict | None:
+    """``torch.export`` dims for the ``images`` input (H, W stay multiples of 32)."""
+    if not (dynamic_batch or dynamic_hw):
+        return None
+    dims: dict[int, Any] = {}
+    if dynamic_batch:
+        dims[0] = torch.export.Dim("batch", min=1, max=1024)
+    if dynamic_hw:
+        dims[2] = 32 * torch.export.Dim("h32", min=1, max=128)
+        dims[3] = 32 * torch.export.Dim("w32", min=1, max=128)
+    return {"images": dims}
+
+
+def example_images(
+    image_size: tuple[int, int], batch: int = 1, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Deterministic ``[B, 3, H, W]`` images in ``[0, 1]``; seed 0 exports, seed 1 verifies."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand((batch, 3, *image_size), generator=gen).to(dtype)
+
+
+def export_onnx(
+    weights_or_model: str | os.PathLike | LoadedModel | MultiTaskModel,
+    out_path: str | os.PathLike,
+    *,
+    opset: int = 18,
+    dynamic_batch: bool = False,
+    dynamic_hw: bool = False,
+    nms: bool | NMSConfig = False,
+    fp16: bool = False,
+    image_size: tuple[int, int] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """Export to ONNX (``torch.onnx.export(dynamo=True)``) with metadata; returns the path.
+
+    Args:
+        weights_or_model: ``.safetensors`` / ``.ckpt`` path, ``LoadedModel`` or model.
+        out_path: the ``.onnx`` file to write (single file, weights inside).
+        opset: ONNX opset, at least 17.
+        dynamic_batch: symbolic batch axis. dynamic_hw: symbolic H and W (no ``nms``).
+        nms: ``True`` (default ``NMSConfig``) or an ``NMSConfig`` for in-graph NMS.
+        fp16: convert the fp32 graph to fp16 internals with fp32 inputs/outputs.
+        image_size: ``(H, W)`` export size; default the weights' ``meta.image_size``.
+        class_names: only for a bare model (weights carry their own).
+    """
+    if opset < 17:
+        raise PerceptionError(f"export: opset must be >= 17, got {opset}")
+    nms_cfg = NMSConfig() if nms is True else (nms or None)
+    if nms_cfg is not None and dynamic_hw:
+        raise PerceptionError("export: --nms needs a fixed input size; drop dynamic H/W")
+    loaded = _resolve(weights_or_model, class_names)
+    size = tuple(image_size or loaded.meta.image_size)
+    model = copy.deepcopy(loaded.model).float().eval().cpu()  # never move the caller's model
+    model.check_image_size(size)
+    wrapper = ExportWrapper(model, nms_cfg, size).eval()
+    proto = _export_proto(wrapper, size, opset, dynamic_batch, dynamic_hw)
+    if fp16:
+        proto = _to_fp16(proto)
+    precision = "fp16" if fp16 else "fp32"
+    flags = {"dynamic_batch": dynamic_batch, "dynamic_hw": dynamic_hw, "opset": opset}
+    _set_metadata(proto, _metadata(loaded.meta, model, wrapper, size, precision, flags))
+    return _save(proto, out_path)
+
+
+def _export_proto(
+    wrapper: ExportWrapper,
+    size: tuple[int, int],
+    opset: int,
+    dynamic_batch: bool,
+    dynamic_hw: bool,
+) -> Any:
+    """Run the dynamo exporter and return the ``onnx.ModelProto``."""
+    batch = 2 if dynamic_batch else 1  # batch 1 would be specialised to a constant
+    with torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            (example_images(size, batch),),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(wrapper.output_names),
+            dynamic_shapes=_dynamic_shapes(dynamic_batch, dynamic_hw),
+            custom_translation_table={torch.ops.perception.class_nms.default: _onnx_class_nms},
+            optimize=True,
+            verbose=False,
+        )
+    if program is None:  # pragma: no cover - dynamo=True always returns a program
+        raise PerceptionError("export: torch.onnx.export returned nothing")
+    return program.model_proto
+
+
+def _to_fp16(proto: Any) -> Any:
+    """fp16 internals, fp32 IO (see module docstring); NMS/TopK stay fp32 (block list)."""
+    import onnx_ir as ir
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    blocked = sorted({*DEFAULT_OP_BLOCK_LIST, "NonMaxSuppression", "TopK"})
+    del proto.graph.value_info[:]  # stale fp32 annotations would contradict the fp16 graph
+    proto = convert_float_to_float16(proto, keep_io_types=True, op_block_list=blocked)
+    model = ir.from_proto(proto)
+    model.graph.sort()  # the converter appends its input Casts last: restore topological order
+    proto = ir.to_proto(model)
+    del proto.graph.value_info[:]
+    return proto
+
+
+def _metadata(
+    meta: ModelMeta,
+    model: MultiTaskModel,
+    wrapper: ExportWrapper,
+    size: tuple[int, int],
+    precision: str,
+    flags: dict[str, Any],
+) -> dict[str, Any]:
+    """Everything a consumer needs besides the graph (values JSON-encoded on write)."""
+    from perception import __version__
+
+    return {
+        "perception_format": METADATA_FORMAT,
+        "class_names": list(meta.class_names),
+        "image_size": list(size),
+        "input_name": INPUT_NAME,
+        "input_range": [0.0, 1.0],
+        "mean": model.mean.flatten().tolist(),
+        "std": model.std.flatten().tolist(),
+        "normalization": "inside the graph: (images - mean) / std",
+        "strides": list(model.strides),
+        "output_names": list(wrapper.output_names),
+        "nms": asdict(wrapper.nms) if wrapper.nms is not None else None,
+        "precision": precision,
+        "model_config": meta.config,
+        "version": meta.version or __version__,
+        **flags,
+    }
+
+
+def _set_metadata(proto: Any, values: dict[str, Any]) -> None:
+    """Replace ``metadata_props`` with ``values``, each JSON-encoded."""
+    del proto.metadata_props[:]
+    for key, value in values.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+
+
+def read_metadata(onnx_path: str | os.PathLike) -> dict[str, Any]:
+    """``metadata_props`` of an exported file, JSON-decoded (``{}`` for a foreign file)."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    out = {}
+    for entry in proto.metadata_props:
+        try:
+            out[entry.key] = json.loads(entry.value)
+        except json.JSONDecodeError:
+            out[entry.key] = entry.value
+    return out
+
+
+def _save(proto: Any, out_path: str | os.PathLike) -> Path:
+    import onnx
+
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(path))
+    return path
+
+
+# ------------------------------------------------------------------------------ verify
+
+
+def _session(onnx_path: str | os.PathLike) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
+    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+
+def _wrapper_from_metadata(model: MultiTaskModel, meta: dict[str, Any]) -> ExportWrapper:
+    """The eager twin of an exported graph, rebuilt from its metadata."""
+    nms = NMSConfig(**meta["nms"]) if meta.get("nms") else None
+    size = tuple(meta["image_size"]) if "image_size" in meta else None
+    return ExportWrapper(model, nms, size).eval()
+
+
+def _diff(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """``(max_abs, max_rel)``; rel is ``|d| / max(|ref|, 1e-6)`` (bounded near zero)."""
+    if got.size == 0:
+        return 0.0, 0.0
+    got, ref = got.astype(np.float64), ref.astype(np.float64)
+    d = np.abs(got - ref)
+    return float(d.max()), float((d / np.maximum(np.abs(ref), 1e-6)).max())
+
+
+def _check_output(name: str, got: np.ndarray, ref: np.ndarray, rtol: float, atol: float) -> None:
+    if got.shape != ref.shape:
+        raise PerceptionError(f"verify: output '{name}' has shape {got.shape}, eager {ref.shape}")
+    if not np.allclose(got, ref, rtol=rtol, atol=atol):
+        max_abs, max_rel = _diff(got, ref)
+        raise PerceptionError(
+            f"verify: output '{name}' differs from PyTorch beyond rtol={rtol:g} atol={atol:g} "
+            f"(max abs {max_abs:.3g}, max rel {max_rel:.3g})"
+        )
+
+
+def verify_onnx(
+    onnx_path: str | os.PathLike,
+    model: MultiTaskModel,
+    images: Tensor | Sequence[Tensor] | None = None,
+    *,
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
+    full_check: bool = True,
+) -> dict[str, tuple[float, float]]:
+    """Compare onnxruntime (CPU) with eager PyTorch; raise ``PerceptionError`` on a mismatch.
+
+    Args:
+        onnx_path: an ``export_onnx`` file (its metadata says how it was exported).
+        model: the eager model it came from.
+        images: ``[B, 3, H, W]`` tensor(s) in ``[0, 1]``; default ``verification_images``
+            (a different seed from the export input, a second batch/size when dynamic).
+        rtol, atol: ``np.allclose`` tolerances, checked on every output.
+        full_check: also run ``onnx.checker.check_model(full_check=True)``.
+
+    Returns:
+        ``{output name: (max_abs, max_rel)}``, the worst over all ``images``.
+    """
+    import onnx
+
+    if full_check:
+        try:
+            onnx.checker.check_model(str(onnx_path), full_check=True)
+        except onnx.checker.ValidationError as err:
+            raise PerceptionError(
+                f"{onnx_path}: invalid ONNX ({str(err).splitlines()[0]})"
+            ) from None
+    meta = read_metadata(onnx_path)
+    batches = [images] if isinstance(images, Tensor) else list(images or verification_images(meta))
+    wrapper = _wrapper_from_metadata(copy.deepcopy(model).float().eval().cpu(), meta)
+    session = _session(onnx_path)
+    names = [o.name for o in session.get_outputs()]
+    worst: dict[str, tuple[float, float]] = {}
+    for batch in batches:
+        _check_input(session, batch, onnx_path)
+        got = session.run(names, {INPUT_NAME: batch.float().numpy()})
+        with torch.no_grad():
+            ref = [t.numpy() for t in wrapper(batch.float())]
+        for name, g, r in zip(names, got, ref, strict=True):
+            _check_output(name, g, r, rtol, atol)
+            (max_abs, max_rel), (old_abs, old_rel) = _diff(g, r), worst.get(name, (0.0, 0.0))
+            worst[name] = (max(max_abs, old_abs), max(max_rel, old_rel))
+    return worst
+
+
+def _check_input(session: Any, images: Tensor, onnx_path: str | os.PathLike) -> None:
+    """One clear line instead of onnxruntime's error when ``images`` cannot feed the graph."""
+    expected = session.get_inputs()[0].shape  # ints for fixed axes, names for dynamic ones
+    fixed = all(
+        not isinstance(e, int) or e == g for e, g in zip(expected, images.shape, strict=False)
+    )
+    if images.ndim != len(expected) or not fixed:
+        raise PerceptionError(
+            f"{onnx_path}: input of shape {tuple(images.shape)} does not fit {expected}"
+        )
+
+
+def verification_images(meta: dict[str, Any]) -> list[Tensor]:
+    """Inputs unlike the export's (seed 1), plus batch 3 / a second size when dynamic."""
+    h, w = meta["image_size"]
+    out = [example_images((h, w), 1, seed=1)]
+    if meta.get("dynamic_batch"):
+        out.append(example_images((h, w), 3, seed=2))
+    if meta.get("dynamic_hw"):
+        out.append(example_images((h + 32, w - 32 if w > 32 else w + 32), 1, seed=3))
+    return out
+
+
+def format_differences(diffs: dict[str, tuple[float, float]]) -> str:
+    """One line per output, for the CLI."""
+    return "\n".join(f"{n:12s} max_abs={a:.3e} max_rel={r:.3e}" for n, (a, r) in diffs.items())

@@ -1,0 +1,90 @@
+"""Static INT8 quantization (QDQ) of an fp32 perception export, calibrated on a v1 dataset.
+
+Kept apart from ``onnx.py`` (export and verification) because it needs the dataset reader
+and onnxruntime's quantization tool, which plain exports do not.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from perception.errors import PerceptionError
+from perception.export.onnx import INPUT_NAME, _save, _set_metadata, read_metadata
+
+
+class LetterboxCalibrationReader:
+    """Calibration reader over a v1 dataset: letterboxed RGB images in ``[0, 1]``.
+
+    Duck-typed ``onnxruntime.quantization.CalibrationDataReader`` (``get_next`` /
+    ``rewind``), so importing this module does not load the quantisation tool. The same
+    letterbox as inference (``data.transforms.letterbox_image``), so the calibration
+    ranges are those of real inputs.
+    """
+
+    def __init__(self, calib_dir: str | os.PathLike, image_size: tuple[int, int], num: int):
+        from perception.data.formats import v1
+
+        self.root, self.size = Path(calib_dir), image_size
+        records = v1.read_manifest(self.root)
+        if not records:
+            raise PerceptionError(f"{calib_dir}: no images to calibrate INT8 with")
+        self.records = records[:num]
+        self._iter: Iterator[dict[str, np.ndarray]] | None = None
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        from perception.data.formats import v1
+        from perception.data.transforms import letterbox_image
+
+        for rec in self.records:
+            image = v1.read_image(v1.resolve(self.root, rec.image))  # [H, W, 3] uint8
+            canvas, _ = letterbox_image(image, *self.size)
+            chw = canvas.transpose(2, 0, 1)[None].astype(np.float32) / 255.0  # [1, 3, h, w]
+            yield {INPUT_NAME: chw}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._iter is None:
+            self._iter = self._batches()
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = None
+
+
+def quantize_int8(
+    fp32_onnx: str | os.PathLike,
+    out_path: str | os.PathLike,
+    calib_dir: str | os.PathLike,
+    num_images: int = 64,
+) -> Path:
+    """Static INT8 (QDQ, per-channel weights, MinMax calibration) of an fp32 export.
+
+    Metadata is copied over with ``precision = "int8"``. INT8 is not held to the fp32
+    tolerance; compare it with ``verify_onnx(..., rtol=..., atol=...)`` loosened, or by mAP.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    meta = read_metadata(fp32_onnx)
+    if meta.get("precision") != "fp32":
+        raise PerceptionError(f"{fp32_onnx}: INT8 needs an fp32 perception export")
+    reader = LetterboxCalibrationReader(calib_dir, tuple(meta["image_size"]), num_images)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    quantize_static(
+        str(fp32_onnx),
+        str(out),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+    )
+    proto = onnx.load(str(out))
+    _set_metadata(proto, {**meta, "precision": "int8", "calibration_images": len(reader.records)})
+    return _save(proto, out)

@@ -1,0 +1,174 @@
+"""ONNX export: onnxruntime must agree with eager PyTorch on inputs unlike the export's.
+
+A tiny resnet18 model at 64x96 keeps each export to a few seconds on CPU; exports are
+module-scoped fixtures shared by the tests that only read them.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import write_tiny_dataset
+
+from perception.errors import PerceptionError
+from perception.export import NMSConfig, export_onnx, quantize_int8, read_metadata, verify_onnx
+from perception.export.onnx import example_images
+from perception.models import ModelConfig, MultiTaskModel, build_model
+from perception.ops.points import dense_points
+from perception.postprocess.detection import postprocess_detections
+
+SIZE = (64, 96)
+CLASSES = ["car", "pedestrian", "cyclist", "truck", "sign"]
+
+
+def _run(path: Path, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """onnxruntime CPU outputs by name."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"images": images.numpy()}), strict=True))
+
+
+@pytest.fixture(scope="module")
+def model() -> MultiTaskModel:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(backbone="resnet18", neck_width=16, head_width=16)).eval()
+
+
+@pytest.fixture(scope="module")
+def fp32_path(model: MultiTaskModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    return export_onnx(model, out, image_size=SIZE, class_names=CLASSES)
+
+
+def test_fp32_export_matches_eager_on_a_second_input(
+    fp32_path: Path, model: MultiTaskModel
+) -> None:
+    images = example_images(SIZE, 1, seed=7)  # not the export input (seed 0)
+    diffs = verify_onnx(fp32_path, model, images)
+    assert set(diffs) == {"cls_logits", "box_dist", "seg_logits", "depth_log"}
+    assert all(max_abs < 1e-3 for max_abs, _ in diffs.values())
+    onnx.checker.check_model(str(fp32_path), full_check=True)
+    session = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    with pytest.raises(PerceptionError, match="does not fit"):  # static batch of 1
+        verify_onnx(fp32_path, model, example_images(SIZE, 2, seed=7), full_check=False)
+
+
+def test_metadata_round_trips(fp32_path: Path, model: MultiTaskModel) -> None:
+    meta = read_metadata(fp32_path)
+    assert meta["class_names"] == CLASSES
+    assert meta["image_size"] == list(SIZE)
+    assert meta["mean"] == pytest.approx(model.mean.flatten().tolist())
+    assert meta["std"] == pytest.approx(model.std.flatten().tolist())
+    assert meta["output_names"] == ["cls_logits", "box_dist", "seg_logits", "depth_log"]
+    assert meta["nms"] is None and meta["precision"] == "fp32" and meta["version"]
+
+
+def test_tampered_weight_fails_verification_naming_the_output(
+    fp32_path: Path, model: MultiTaskModel
+) -> None:
+    tampered = copy.deepcopy(model)
+    with torch.no_grad():
+        list(tampered.depth.parameters())[-1].add_(0.5)  # the depth head's last bias
+    with pytest.raises(PerceptionError, match="depth_log"):
+        verify_onnx(fp32_path, tampered, example_images(SIZE, 1, seed=3))
+
+
+def test_dynamic_batch_runs_at_batch_1_and_3(model: MultiTaskModel, tmp_path: Path) -> None:
+    path = export_onnx(model, tmp_path / "dyn.onnx", image_size=SIZE, dynamic_batch=True)
+    for batch in (1, 3):
+        images = example_images(SIZE, batch, seed=10 + batch)
+        got = _run(path, images)
+        with torch.no_grad():
+            ref = model(images)
+        for name, value in ref._asdict().items():
+            assert got[name].shape == tuple(value.shape)
+            np.testing.assert_allclose(got[name], value.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_opset_below_17_and_nms_with_dynamic_hw_are_refused(model: MultiTaskModel) -> None:
+    with pytest.raises(PerceptionError, match="opset"):
+        export_onnx(model, "unused.onnx", image_size=SIZE, opset=16)
+    with pytest.raises(PerceptionError, match="nms"):
+        export_onnx(model, "unused.onnx", image_size=SIZE, nms=True, dynamic_hw=True)
+
+
+def _confident_model(model: MultiTaskModel) -> MultiTaskModel:
+    """A copy whose head logits and boxes spread widely, so some points score high."""
+    nudged = copy.deepcopy(model)
+    with torch.no_grad():
+        nudged.detection.cls_pred.weight.mul_(300.0)
+        nudged.detection.box_pred.weight.mul_(30.0)
+    return nudged
+
+
+def _conf_between(model: MultiTaskModel, images: torch.Tensor, rank: int) -> float:
+    """A threshold halfway between the ``rank``-th and next best score (no boundary ties)."""
+    with torch.no_grad():
+        scores = model(images).cls_logits.sigmoid().flatten().sort(descending=True).values
+    return float((scores[rank - 1] + scores[rank]) / 2)
+
+
+def test_nms_export_matches_eager_postprocess(model: MultiTaskModel, tmp_path: Path) -> None:
+    nudged = _confident_model(model)
+    images = example_images(SIZE, 2, seed=5)
+    cfg = NMSConfig(conf=_conf_between(nudged, images, 60), iou=0.5, max_det=12, pre_nms_topk=40)
+    path = export_onnx(nudged, tmp_path / "nms.onnx", image_size=SIZE, nms=cfg, dynamic_batch=True)
+    got = _run(path, images)
+    with torch.no_grad():
+        out = nudged(images)
+    points, strides = dense_points(nudged.level_sizes(SIZE), nudged.strides)
+    ref = postprocess_detections(
+        out.cls_logits, out.box_dist, points, strides, cfg.conf, cfg.iou, cfg.max_det,
+        cfg.pre_nms_topk, image_size=SIZE,
+    )  # fmt: skip
+    assert got["det_boxes"].shape == (2, 12, 4) and got["det_count"].dtype == np.int64
+    for b, det in enumerate(ref):
+        n = int(got["det_count"][b])
+        assert n == len(det.scores) > 0
+        np.testing.assert_allclose(got["det_scores"][b, :n], det.scores.numpy(), rtol=1e-4)
+        np.testing.assert_allclose(got["det_boxes"][b, :n], det.boxes.numpy(), atol=1e-3)
+        np.testing.assert_array_equal(got["det_labels"][b, :n], det.labels.numpy())
+        assert not got["det_scores"][b, n:].any()  # padding is zero
+    np.testing.assert_allclose(got["depth_log"], out.depth_log.numpy(), rtol=1e-3, atol=1e-4)
+    verify_onnx(path, nudged, images)  # the eager wrapper agrees too
+
+
+def test_fp16_and_int8_variants_run_close_to_fp32(
+    fp32_path: Path, model: MultiTaskModel, tmp_path: Path
+) -> None:
+    path16 = export_onnx(model, tmp_path / "m16.onnx", image_size=SIZE, fp16=True)
+    assert read_metadata(path16)["precision"] == "fp16"
+    diffs = verify_onnx(path16, model, example_images(SIZE, 1, seed=4), rtol=1e-2, atol=1e-2)
+    assert diffs["depth_log"][0] < 1e-2
+    write_tiny_dataset(tmp_path / "calib", num=4, size=SIZE)
+    path8 = quantize_int8(fp32_path, tmp_path / "m8.onnx", tmp_path / "calib", num_images=4)
+    meta = read_metadata(path8)
+    assert meta["precision"] == "int8" and meta["class_names"] == CLASSES
+    got = _run(path8, example_images(SIZE, 1, seed=4))
+    assert got["depth_log"].shape == (1, 1, *SIZE) and np.isfinite(got["depth_log"]).all()
+
+
+def test_export_command_verifies_and_prints_differences(
+    model: MultiTaskModel, tmp_path: Path, capsys
+) -> None:
+    import dataclasses
+
+    from perception.checkpoints import ModelMeta, save_release
+    from perception.cli import main
+
+    config = dataclasses.asdict(ModelConfig(backbone="resnet18", neck_width=16, head_width=16))
+    meta = ModelMeta(config, [f"class{i}" for i in range(config["num_classes"])], SIZE)
+    weights = save_release(model, meta, tmp_path / "w.safetensors")
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--weights", str(weights), "--out", str(out), "--dynamic"]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and "depth_log" in printed and "cls_logits" in printed
+    assert main(["export", "--weights", str(weights), "--out", str(out), "--int8"]) == 2
+    assert "--calib" in capsys.readouterr().err
