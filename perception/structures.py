@@ -179,3 +179,54 @@ class Detections(NamedTuple):
     boxes: torch.Tensor  # [N, 4] float32 xyxy pixels
     scores: torch.Tensor  # [N] float32 confidence in [0, 1]
     labels: torch.Tensor  # [N] int64 class indices
+
+
+@dataclass
+class Prediction:
+    """What ``Predictor`` returns for one image, in the ORIGINAL image's pixels.
+
+    The same fields come back from every backend (torch or onnxruntime), so code written
+    against one runs on the other. Zero detections give ``(0, 4)`` / ``(0,)`` arrays.
+    """
+
+    boxes: np.ndarray  # (N, 4) float32 xyxy, original image pixels
+    scores: np.ndarray  # (N,) float32 confidence in [0, 1], decreasing
+    labels: np.ndarray  # (N,) int64 indices into class_names
+    class_names: list[str]
+    lane: np.ndarray  # (H, W) float32 lane probability in [0, 1]
+    drivable: np.ndarray | None  # (H, W) float32 probability, None without that channel
+    depth: np.ndarray  # (H, W) float32 metres
+    image: np.ndarray | None = field(default=None, repr=False)  # (H, W, 3) uint8 RGB input
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def names(self) -> list[str]:
+        """Class name of each detection, in ``boxes`` order."""
+        return [self.class_names[int(i)] for i in self.labels]
+
+    def plot(self, image: np.ndarray | None = None) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB overlay: drivable and lane tints, boxes with class and
+        score, and a depth colormap inset (``visualize.prediction_overlay``).
+
+        Draws on ``image`` when given (it must be the predicted image's size), else on the
+        input the prediction was made from.
+        """
+        from perception.visualize import prediction_overlay
+
+        base = self.image if image is None else np.asarray(image)
+        if base is None:
+            raise ValueError("plot: this prediction holds no image; pass image=")
+        if base.shape[:2] != self.depth.shape:
+            raise ValueError(f"plot: image is {base.shape[:2]}, prediction is {self.depth.shape}")
+        return prediction_overlay(
+            base,
+            self.boxes,
+            self.scores,
+            self.labels,
+            self.class_names,
+            self.lane,
+            self.drivable,
+            self.depth,
+        )

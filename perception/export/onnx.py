@@ -46,7 +46,6 @@ from perception.checkpoints import LoadedModel, ModelMeta, load_model
 from perception.errors import PerceptionError
 from perception.models import MultiTaskModel
 from perception.ops.boxes import decode_box_dist
-from perception.ops.points import dense_points
 
 INPUT_NAME = "images"
 RAW_OUTPUTS: tuple[str, ...] = ("cls_logits", "box_dist", "seg_logits", "depth_log")
@@ -150,7 +149,7 @@ class ExportWrapper(nn.Module):
         if nms is not None:
             if image_size is None:
                 raise PerceptionError("export: nms needs a fixed image_size (H, W)")
-            points, strides = dense_points(model.level_sizes(image_size), model.strides)
+            points, strides = model.points(image_size)
             self.register_buffer("points", points, persistent=False)  # [A, 2]
             self.register_buffer("point_strides", strides, persistent=False)  # [A]
 

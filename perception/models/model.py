@@ -20,7 +20,7 @@ from perception.models.backbone import Backbone
 from perception.models.heads import DepthHead, DetectionHead, LaneHead
 from perception.models.layers import check_act, check_norm
 from perception.models.necks import PAFPN
-from perception.ops.points import level_sizes
+from perception.ops.points import dense_points, level_sizes
 from perception.structures import HeadOutputs
 
 
@@ -134,6 +134,13 @@ class MultiTaskModel(nn.Module):
         in the order of ``HeadOutputs.cls_logits`` / ``box_dist``.
         """
         return level_sizes(image_hw, self.strides)
+
+    def points(
+        self, image_hw: Sequence[int], device: torch.device | str | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Detection point centres ``[A, 2]`` (x, y network pixels) and strides ``[A]`` for
+        an ``H x W`` input, in the order of ``HeadOutputs.cls_logits`` / ``box_dist``."""
+        return dense_points(self.level_sizes(image_hw), self.strides, device)
 
 
 def build_model(cfg: ModelConfig) -> MultiTaskModel:

@@ -19,7 +19,6 @@ from perception.checkpoints import load_model
 from perception.data.collate import collate
 from perception.data.datasets import V1Dataset
 from perception.data.transforms import SampleTransform
-from perception.ops.points import dense_points
 from perception.training.metrics import MetricsSuite
 
 
@@ -49,7 +48,7 @@ def evaluate(
         num_workers=workers,
         collate_fn=partial(collate, image_size=meta.image_size),
     )
-    points, point_strides = dense_points(model.level_sizes(meta.image_size), model.strides, dev)
+    points, point_strides = model.points(meta.image_size, dev)
     suite = MetricsSuite()
     for batch in tqdm(loader, desc="eval", unit="batch", disable=None):
         batch = batch.to(dev)

@@ -18,7 +18,6 @@ from perception.data.synthetic.scene import CLASSES
 from perception.errors import PerceptionError
 from perception.losses.multitask import MultiTaskLoss, build_combiner
 from perception.models import ModelConfig, build_model
-from perception.ops.points import dense_points
 from perception.structures import TASKS, Batch, HeadOutputs
 from perception.training.ema import ModelEMA
 from perception.training.metrics import MetricsSuite
@@ -100,8 +99,7 @@ class PerceptionModule(L.LightningModule):
         h, w = images.shape[-2:]
         key = (h, w, images.device)
         if key not in self._points:
-            sizes = self.model.level_sizes((h, w))
-            self._points[key] = dense_points(sizes, self.model.strides, images.device)
+            self._points[key] = self.model.points((h, w), images.device)
         return self._points[key]
 
     def forward(self, images: torch.Tensor) -> HeadOutputs:

@@ -1,0 +1,161 @@
+"""Inference backends: run a letterboxed batch, return detections + dense maps.
+
+Both backends take ``[B, 3, H, W]`` float images in ``[0, 1]`` on the network canvas and
+return the same ``Raw`` triple in network pixels, so ``Predictor`` un-letterboxes them
+in one place whichever runs:
+
+- ``TorchBackend``: the eager model on CPU/GPU in fp32, fp16 or bf16.
+- ``OnnxBackend``: an ``export_onnx`` file under onnxruntime. A raw export is decoded by
+  the same ``postprocess_detections`` as torch; an ``--nms`` export decodes in its graph
+  with the settings it was exported with.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from perception.checkpoints import LoadedModel
+from perception.errors import PerceptionError
+from perception.ops.points import dense_points, level_sizes
+from perception.postprocess import postprocess_detections
+from perception.structures import Detections
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class NMSSettings:
+    """``Predictor``'s detection settings (``postprocess_detections`` arguments)."""
+
+    conf: float = 0.25
+    iou: float = 0.6
+    max_det: int = 300
+
+
+class Raw(NamedTuple):
+    """One batch's outputs in network pixels, on the CPU."""
+
+    detections: list[Detections]  # B x (boxes [N, 4] xyxy, scores [N], labels [N])
+    seg_logits: torch.Tensor  # [B, S, H, W]
+    depth_log: torch.Tensor  # [B, 1, H, W]
+
+
+class TorchBackend:
+    """The eager ``MultiTaskModel``; ``precision`` casts the weights (fp16/bf16 on GPU)."""
+
+    max_batch: int | None = None
+
+    def __init__(self, loaded: LoadedModel, device: str = "cpu", precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise PerceptionError(f"precision {precision!r}: expected one of {list(PRECISIONS)}")
+        try:
+            self.device = torch.device(device)
+        except RuntimeError as err:
+            raise PerceptionError(f"device {device!r}: {err}") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise PerceptionError(f"device {device!r}: CUDA is not available on this machine")
+        self.dtype = PRECISIONS[precision]
+        self.model = loaded.model.to(self.device, self.dtype).eval()
+        self.image_size: tuple[int, int] = tuple(loaded.meta.image_size)
+        self.class_names: list[str] = list(loaded.meta.class_names)
+        self.points, self.strides = self.model.points(self.image_size, self.device)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, nms: NMSSettings) -> Raw:
+        out = self.model(images.to(self.device, self.dtype))
+        dets = postprocess_detections(
+            out.cls_logits,
+            out.box_dist,
+            self.points,
+            self.strides,
+            nms.conf,
+            nms.iou,
+            nms.max_det,
+            image_size=self.image_size,
+        )
+        dets = [Detections(*(t.cpu() for t in d)) for d in dets]
+        return Raw(dets, out.seg_logits.float().cpu(), out.depth_log.float().cpu())
+
+
+class OnnxBackend:
+    """An exported ``.onnx`` file (any precision) under onnxruntime on the CPU."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime as ort
+
+        from perception.export.onnx import INPUT_NAME, read_metadata
+
+        path = Path(path)
+        if not path.is_file():
+            raise PerceptionError(f"{path}: ONNX file not found")
+        meta = read_metadata(path)
+        if "image_size" not in meta or "class_names" not in meta:
+            raise PerceptionError(f"{path}: no perception metadata; export it with perception")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or 0  # 0 = onnxruntime picks (all cores)
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise PerceptionError(f"{path}: onnxruntime cannot load it ({err})") from None
+        self.input_name = INPUT_NAME
+        self.meta = meta
+        self.image_size: tuple[int, int] = tuple(meta["image_size"])
+        self.class_names: list[str] = list(meta["class_names"])
+        self.graph_nms: dict[str, Any] | None = meta.get("nms")
+        self.max_batch = None if meta.get("dynamic_batch") else 1
+        self.names = [o.name for o in self.session.get_outputs()]
+        strides = list(meta["strides"])
+        self.points, self.strides = dense_points(level_sizes(self.image_size, strides), strides)
+
+    def __call__(self, images: torch.Tensor, nms: NMSSettings) -> Raw:
+        feed = {self.input_name: images.float().cpu().numpy()}
+        out = dict(zip(self.names, self.session.run(self.names, feed), strict=True))
+        seg, depth = torch.from_numpy(out["seg_logits"]), torch.from_numpy(out["depth_log"])
+        if self.graph_nms is None:
+            dets = postprocess_detections(
+                torch.from_numpy(out["cls_logits"]),
+                torch.from_numpy(out["box_dist"]),
+                self.points,
+                self.strides,
+                nms.conf,
+                nms.iou,
+                nms.max_det,
+                image_size=self.image_size,
+            )
+        else:
+            dets = [_graph_detections(out, i, nms) for i in range(len(images))]
+        return Raw(dets, seg.float(), depth.float())
+
+
+def _graph_detections(out: dict[str, np.ndarray], i: int, nms: NMSSettings) -> Detections:
+    """Image ``i``'s rows of a padded in-graph NMS result, ``score > conf``, ``max_det``."""
+    n = int(out["det_count"][i])
+    scores = torch.from_numpy(out["det_scores"][i, :n]).float()
+    keep = (scores > nms.conf).nonzero().squeeze(1)[: nms.max_det]
+    return Detections(
+        torch.from_numpy(out["det_boxes"][i, :n]).float()[keep],
+        scores[keep],
+        torch.from_numpy(out["det_labels"][i, :n]).long()[keep],
+    )
+
+
+def check_graph_settings(graph_nms: dict[str, Any], nms: NMSSettings, path: str) -> None:
+    """An ``--nms`` export can only filter further: a lower ``conf``, another ``iou`` or a
+    larger ``max_det`` than it was exported with would silently not happen."""
+    if nms.conf < graph_nms["conf"] or nms.max_det > graph_nms["max_det"]:
+        raise PerceptionError(
+            f"{path}: exported with in-graph NMS at conf {graph_nms['conf']} and max_det "
+            f"{graph_nms['max_det']}; got conf {nms.conf}, max_det {nms.max_det} "
+            "(use conf >= and max_det <= those, or a raw export without --nms)"
+        )
+    if abs(nms.iou - graph_nms["iou"]) > 1e-9:
+        raise PerceptionError(
+            f"{path}: exported with in-graph NMS at iou {graph_nms['iou']}, got iou {nms.iou} "
+            "(re-export with that iou, or use a raw export without --nms)"
+        )

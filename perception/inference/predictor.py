@@ -1,0 +1,151 @@
+"""``Predictor``: images in, typed ``Prediction`` out, in the original image's pixels.
+
+The one inference path (ARCHITECTURE data flow 6): inputs -> ``letterbox_image`` (the
+same function training uses) -> a backend -> ``detections_to_source`` and
+``dense_to_source`` -> ``Prediction``. Backends differ only in what runs the network.
+
+    >>> p = Predictor("weights/perception-r18-synth.safetensors")
+    >>> pred = p("street.jpg")
+    >>> pred.boxes, pred.lane, pred.depth
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+import torch
+
+from perception.checkpoints import load_model
+from perception.data.transforms import letterbox_image
+from perception.errors import PerceptionError
+from perception.inference.backends import (
+    NMSSettings,
+    OnnxBackend,
+    Raw,
+    TorchBackend,
+    check_graph_settings,
+)
+from perception.inference.inputs import is_batch, to_images
+from perception.postprocess import (
+    dense_to_source,
+    depth_metres,
+    detections_to_source,
+    seg_probabilities,
+)
+from perception.structures import Letterbox, Prediction
+
+BACKENDS = ("auto", "torch", "onnx")
+
+
+class Predictor:
+    """Run released weights, a checkpoint or an ONNX export on images.
+
+    Args:
+        weights: ``.safetensors`` release, Lightning ``.ckpt`` or ``perception export``
+            ``.onnx`` file.
+        device: torch device for the torch backend (``"cpu"``, ``"cuda"``, ...).
+        conf: keep detections scoring above this. iou: NMS IoU threshold (class-aware).
+        max_det: at most this many detections per image.
+        backend: ``"auto"`` (by file type), ``"torch"`` or ``"onnx"``; ``"onnx"`` with
+            torch weights exports them to a temporary fp32 ONNX file first.
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` weights for the torch backend.
+        batch_size: images per forward pass when given a list.
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike,
+        device: str = "cpu",
+        conf: float = 0.25,
+        iou: float = 0.6,
+        max_det: int = 300,
+        *,
+        backend: str = "auto",
+        precision: str = "fp32",
+        batch_size: int = 8,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise PerceptionError(f"backend {backend!r}: expected one of {list(BACKENDS)}")
+        if not 0.0 <= conf < 1.0 or not 0.0 < iou <= 1.0 or max_det < 1 or batch_size < 1:
+            raise PerceptionError(
+                f"need 0 <= conf < 1, 0 < iou <= 1, max_det >= 1 and batch_size >= 1; got "
+                f"conf={conf}, iou={iou}, max_det={max_det}, batch_size={batch_size}"
+            )
+        self.nms = NMSSettings(conf, iou, max_det)
+        self.batch_size = batch_size
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        path = Path(weights)
+        is_onnx = path.suffix == ".onnx"
+        if backend == "torch" and is_onnx:
+            raise PerceptionError(f"{path}: an .onnx file runs on the onnx backend only")
+        if is_onnx or backend == "onnx":
+            self.backend: TorchBackend | OnnxBackend = OnnxBackend(
+                path if is_onnx else self._export(path)
+            )
+            if self.backend.graph_nms is not None:
+                check_graph_settings(self.backend.graph_nms, self.nms, str(path))
+        else:
+            self.backend = TorchBackend(load_model(path), device, precision)
+
+    def _export(self, weights: Path) -> Path:
+        """Torch weights -> a temporary fp32 ONNX file with dynamic batch (kept while alive)."""
+        from perception.export import export_onnx
+
+        loaded = load_model(weights)
+        self._tmp = tempfile.TemporaryDirectory(prefix="perception-onnx-")
+        return export_onnx(loaded, Path(self._tmp.name) / "model.onnx", dynamic_batch=True)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.backend.class_names
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """Network input ``(H, W)``; every image is letterboxed to it."""
+        return self.backend.image_size
+
+    @overload
+    def __call__(self, source: list | tuple) -> list[Prediction]: ...
+    @overload
+    def __call__(self, source: Any) -> Prediction | list[Prediction]: ...
+
+    def __call__(self, source: Any) -> Prediction | list[Prediction]:
+        """Predict one input (-> ``Prediction``) or a list / ``BCHW`` tensor (-> list)."""
+        min_size = max(self.backend.strides.max().item(), 1)
+        images = to_images(source, min_size=int(min_size))
+        step = self.batch_size if self.backend.max_batch is None else self.backend.max_batch
+        preds: list[Prediction] = []
+        for start in range(0, len(images), step):
+            preds += self._predict(images[start : start + step])
+        return preds if is_batch(source) else preds[0]
+
+    def _predict(self, images: list[np.ndarray]) -> list[Prediction]:
+        h, w = self.image_size
+        boxed = [letterbox_image(image, h, w) for image in images]
+        canvas = np.stack([c for c, _ in boxed])  # [B, H, W, 3] uint8
+        batch = torch.from_numpy(canvas).permute(0, 3, 1, 2).float() / 255.0  # [B, 3, H, W]
+        raw = self.backend(batch, self.nms)
+        return [
+            self._to_source(raw, i, lb, image)
+            for i, (image, (_, lb)) in enumerate(zip(images, boxed, strict=True))
+        ]
+
+    def _to_source(self, raw: Raw, i: int, lb: Letterbox, image: np.ndarray) -> Prediction:
+        """Image ``i`` of a batch, from network to original pixels."""
+        det = detections_to_source(raw.detections[i], lb)
+        seg = dense_to_source(seg_probabilities(raw.seg_logits[i]), lb)  # [S, H0, W0]
+        depth = dense_to_source(depth_metres(raw.depth_log[i]), lb)[0]  # [H0, W0] metres
+        return Prediction(
+            boxes=det.boxes.numpy().astype(np.float32).reshape(-1, 4),
+            scores=det.scores.numpy().astype(np.float32),
+            labels=det.labels.numpy().astype(np.int64),
+            class_names=list(self.class_names),
+            lane=seg[0].numpy(),
+            drivable=seg[1].numpy() if seg.shape[0] > 1 else None,
+            depth=depth.numpy(),
+            image=image,
+        )
