@@ -112,6 +112,43 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from perception.inference import Predictor
+    from perception.inference.sources import predict_source
+
+    predictor = Predictor(
+        args.weights,
+        device=args.device,
+        conf=args.conf,
+        iou=args.iou,
+        max_det=args.max_det,
+        backend=args.backend,
+    )
+    summary = predict_source(
+        predictor, args.source, args.out, save_raw=args.save_raw, overwrite=args.overwrite
+    )
+    print(
+        f"predicted {summary.images} image(s), {summary.detections} detection(s); "
+        f"wrote {len(summary.outputs)} file(s) to {args.out}"
+    )
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="overlays (and raw outputs) for an image, folder or video")
+    p.add_argument("--weights", required=True, help=".safetensors, .ckpt or exported .onnx")
+    p.add_argument("--source", required=True, help="an image, a folder of images or a video")
+    p.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1")
+    p.add_argument("--conf", type=float, default=0.25, help="detection score threshold")
+    p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=_positive_int, default=300)
+    p.add_argument("--save-raw", action="store_true", help="also write each Prediction as .npz")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_cmd_predict)
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="ONNX export, verified against PyTorch with onnxruntime")
     p.add_argument("--weights", required=True, help=".ckpt or .safetensors")
@@ -177,6 +214,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_check_data,
     _add_train,
     _add_eval,
+    _add_predict,
     _add_export,
 )
 

@@ -83,6 +83,29 @@ def write_manifest(root: Path, records: list[v1.Record]) -> None:
     (root / v1.MANIFEST_FILE).write_text("".join(r.to_json() + "\n" for r in records))
 
 
+TINY_RELEASE_SIZE = (64, 96)
+TINY_RELEASE_CLASSES = ["car", "truck", "bus", "pedestrian", "cyclist"]
+
+
+def write_tiny_release(path: Path) -> Path:
+    """A tiny untrained resnet18 ``.safetensors`` release at 64x96 whose class logits are
+    spread out, so it yields a few dozen boxes above 0.3 on any image."""
+    import dataclasses
+
+    from perception.checkpoints import ModelMeta, save_release
+    from perception.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="resnet18", num_classes=5, neck_width=16, head_width=16)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.detection.cls_pred.weight, std=150.0)
+        model.detection.cls_pred.bias.fill_(-3.0)
+        model.detection.box_pred.weight.mul_(30.0)
+    meta = ModelMeta(dataclasses.asdict(cfg), TINY_RELEASE_CLASSES, TINY_RELEASE_SIZE)
+    return save_release(model, meta, path)
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Callable[..., Path]:
     """Factory: ``tiny_dataset(num=4, size=(64, 96))`` -> root of a fresh valid dataset."""

@@ -1,44 +1,35 @@
 """Predictor: every input type, every bad input, both backends, original-pixel outputs.
 
-A tiny resnet18 release at 64x96 whose class logits are spread out so an untrained model
-still yields a few dozen boxes; exports are module-scoped and shared by the tests that read them.
+A tiny resnet18 release (``conftest.write_tiny_release``) that yields a few dozen boxes;
+exports are module-scoped and shared by the tests that read them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_RELEASE_CLASSES, TINY_RELEASE_SIZE, write_tiny_release
 from PIL import Image
 
 import perception
 from perception import Prediction, Predictor
-from perception.checkpoints import ModelMeta, load_model, save_release
+from perception.checkpoints import load_model
 from perception.errors import PerceptionError
 from perception.export import NMSConfig, export_onnx
 from perception.inference import InputError
-from perception.models import ModelConfig, build_model
 
-SIZE = (64, 96)
-CLASSES = ["car", "truck", "bus", "pedestrian", "cyclist"]
+SIZE = TINY_RELEASE_SIZE
+CLASSES = TINY_RELEASE_CLASSES
 CONF = 0.3
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", num_classes=5, neck_width=16, head_width=16)
-    model = build_model(cfg).eval()
-    with torch.no_grad():  # spread the logits so a few dozen points score above CONF
-        torch.nn.init.normal_(model.detection.cls_pred.weight, std=150.0)
-        model.detection.cls_pred.bias.fill_(-3.0)
-        model.detection.box_pred.weight.mul_(30.0)
-    meta = ModelMeta(dataclasses.asdict(cfg), CLASSES, SIZE)
-    return save_release(model, meta, tmp_path_factory.mktemp("w") / "tiny.safetensors")
+    return write_tiny_release(tmp_path_factory.mktemp("w") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
