@@ -149,6 +149,73 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_predict)
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from perception.demo import run_demo
+    from perception.training.evaluate import format_table
+
+    s = run_demo(args.out, args.weights, num=args.num, size=args.size, source=args.source)
+    print(format_table({k: float("nan") if v is None else v for k, v in s.metrics.items()}))
+    print(
+        f"demo: {s.weights} on {s.scenes} held-out synthetic scenes in {s.seconds:.1f} s\n"
+        f"  ground truth | prediction: {s.out}/demo.jpg\n"
+        f"  overlays: {s.out}/overlays/   metrics: {s.out}/metrics.json"
+    )
+    if args.source is not None:
+        print(f"  your images ({s.source_images}): {s.out}/source/")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the released model on fresh synthetic scenes (and yours)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--weights", default=None, help="default: the release in weights/")
+    p.add_argument("--source", default=None, help="also predict this image, folder or video")
+    p.add_argument("--num", type=_positive_int, default=24, help="synthetic scenes to render")
+    p.add_argument("--size", type=_size, default=(384, 640), help="scene size HxW")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from perception.benchmark import format_report, run_bench, write_report
+
+    report = run_bench(
+        args.weights,
+        size=args.size,
+        device=args.device,
+        batch=args.batch,
+        iters=args.iters,
+        onnx=not args.no_onnx,
+        calib=args.calib,
+        data=args.data,
+        eval_images=args.eval_images,
+        train_steps=args.train_steps,
+        threads=args.threads,
+        workers=args.workers,
+    )
+    print(format_report(report))
+    write_report(report, args.json)
+    print(f"wrote {args.json}")
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="latency/throughput per runtime (+ accuracy), table + JSON")
+    p.add_argument("--weights", required=True, help=".ckpt or .safetensors")
+    p.add_argument("--size", type=_size, default=None, help="input HxW (default: the weights')")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if any)")
+    p.add_argument("--batch", type=_positive_int, default=8, help="throughput batch size")
+    p.add_argument("--iters", type=_positive_int, default=20, help="timed calls per row")
+    p.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime rows")
+    p.add_argument("--calib", default=None, help="v1 dataset for INT8 calibration")
+    p.add_argument("--data", default=None, help="v1 dataset: accuracy per runtime (+ training)")
+    p.add_argument("--eval-images", type=_positive_int, default=200)
+    p.add_argument("--train-steps", type=int, default=0, help="timed training steps (0: skip)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads per runtime")
+    p.add_argument("--workers", type=int, default=2, help="data workers for training rows")
+    p.add_argument("--json", default="runs/bench/bench.json", help="where to write the JSON")
+    p.set_defaults(func=_cmd_bench)
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="ONNX export, verified against PyTorch with onnxruntime")
     p.add_argument("--weights", required=True, help=".ckpt or .safetensors")
@@ -210,12 +277,14 @@ def _add_check_data(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_demo,
     _add_synth,
     _add_check_data,
     _add_train,
     _add_eval,
     _add_predict,
     _add_export,
+    _add_bench,
 )
 
 

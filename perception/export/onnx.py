@@ -394,12 +394,16 @@ def _save(proto: Any, out_path: str | os.PathLike) -> Path:
 # ------------------------------------------------------------------------------ verify
 
 
-def _session(onnx_path: str | os.PathLike) -> Any:
+def cpu_session(onnx_path: str | os.PathLike, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session; ``threads`` intra-op threads (default: up to 4 cores)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
-    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    opts.intra_op_num_threads = threads or max(1, min(4, os.cpu_count() or 1))
+    try:
+        return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise PerceptionError(f"{onnx_path}: onnxruntime cannot load it ({err})") from None
 
 
 def _wrapper_from_metadata(model: MultiTaskModel, meta: dict[str, Any]) -> ExportWrapper:
@@ -463,7 +467,7 @@ def verify_onnx(
     meta = read_metadata(onnx_path)
     batches = [images] if isinstance(images, Tensor) else list(images or verification_images(meta))
     wrapper = _wrapper_from_metadata(copy.deepcopy(model).float().eval().cpu(), meta)
-    session = _session(onnx_path)
+    session = cpu_session(onnx_path)
     names = [o.name for o in session.get_outputs()]
     worst: dict[str, tuple[float, float]] = {}
     for batch in batches:

@@ -87,9 +87,7 @@ class OnnxBackend:
     """An exported ``.onnx`` file (any precision) under onnxruntime on the CPU."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        import onnxruntime as ort
-
-        from perception.export.onnx import INPUT_NAME, read_metadata
+        from perception.export.onnx import INPUT_NAME, cpu_session, read_metadata
 
         path = Path(path)
         if not path.is_file():
@@ -97,12 +95,7 @@ class OnnxBackend:
         meta = read_metadata(path)
         if "image_size" not in meta or "class_names" not in meta:
             raise PerceptionError(f"{path}: no perception metadata; export it with perception")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or 0  # 0 = onnxruntime picks (all cores)
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own exception types
-            raise PerceptionError(f"{path}: onnxruntime cannot load it ({err})") from None
+        self.session = cpu_session(path, threads)
         self.input_name = INPUT_NAME
         self.meta = meta
         self.image_size: tuple[int, int] = tuple(meta["image_size"])

@@ -1,0 +1,177 @@
+"""``perception bench``: one table of speed (and accuracy) per runtime, plus JSON.
+
+Rows, all at the weights' input size unless ``size`` is given:
+
+- ``torch eager fp32`` (and fp16/bf16 on GPU) at batch 1 (latency) and ``batch``
+  (throughput);
+- ``onnxruntime fp32``, ``fp16`` and ``int8`` (static QDQ, calibrated on ``calib``)
+  exports of the same weights, CPU only;
+- with ``train_steps``: training throughput model-only and end-to-end on ``data``.
+
+With ``data``, each inference runtime is also scored on the first ``eval_images`` of that
+dataset (``perception eval``'s metrics), so a speed-up is never read without its cost;
+``ratios`` compares the runtimes as BENCHMARKS.md asks (ORT fp32 vs torch, INT8 vs ORT).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from perception.benchmark.speed import Row, onnx_inference, torch_inference, training_throughput
+from perception.checkpoints import load_model
+from perception.errors import PerceptionError
+
+ACCURACY_KEYS = ("det/mAP50", "det/mAP50_95", "lane/iou", "drivable/miou", "depth/abs_rel")
+
+
+def run_bench(
+    weights: str | os.PathLike,
+    *,
+    size: tuple[int, int] | None = None,
+    device: str | None = None,
+    batch: int = 8,
+    iters: int = 20,
+    onnx: bool = True,
+    calib: str | os.PathLike | None = None,
+    data: str | os.PathLike | None = None,
+    eval_images: int = 200,
+    train_steps: int = 0,
+    threads: int | None = None,
+    workers: int = 2,
+) -> dict[str, Any]:
+    """Run the benchmark (module docstring); returns the JSON-ready report."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if threads:
+        torch.set_num_threads(threads)
+    loaded = load_model(weights, "cpu")
+    size = tuple(size or loaded.meta.image_size)
+    loaded.model.check_image_size(size)
+    if train_steps and data is None:
+        raise PerceptionError("bench: --train-steps needs --data (a v1 training dataset)")
+    rows: list[Row] = []
+    for precision in ("fp32", "fp16", "bf16") if dev.type == "cuda" else ("fp32",):
+        for b in sorted({1, batch}):
+            model = load_model(weights, "cpu").model
+            rows.append(torch_inference(model, size, b, dev, precision, iters=iters))
+    if data is not None:
+        _score(rows[0], weights, data, eval_images, str(dev))
+    if onnx:
+        with tempfile.TemporaryDirectory(prefix="perception-bench-") as tmp:
+            rows += _onnx_rows(loaded, Path(tmp), size, batch, iters, calib or data, threads)
+            if data is not None:
+                for row in rows:
+                    if row.variant.startswith("onnxruntime") and row.batch == 1:
+                        onnx_file = Path(tmp) / f"{row.variant.split()[-1]}.onnx"
+                        _score(row, onnx_file, data, eval_images, "cpu")
+    if train_steps:
+        rows += _train_rows(loaded, data, size, batch, dev, train_steps, workers)
+    return {
+        "weights": str(weights),
+        "image_size": list(size),
+        "machine": _machine(dev, threads),
+        "rows": [asdict(r) for r in rows],
+        "ratios": _ratios(rows),
+    }
+
+
+def _onnx_rows(loaded, tmp: Path, size, batch, iters, calib, threads) -> list[Row]:
+    from perception.export import export_onnx, quantize_int8
+
+    fp32 = export_onnx(loaded, tmp / "fp32.onnx", dynamic_batch=True, image_size=size)
+    fp16 = export_onnx(loaded, tmp / "fp16.onnx", dynamic_batch=True, image_size=size, fp16=True)
+    paths = {"fp32": fp32, "fp16": fp16}
+    if calib is not None:
+        paths["int8"] = quantize_int8(fp32, tmp / "int8.onnx", calib, num_images=64)
+    rows = []
+    for name, path in paths.items():
+        for b in sorted({1, batch}):
+            rows.append(onnx_inference(path, size, b, f"onnxruntime {name}", threads, iters=iters))
+    return rows
+
+
+def _score(row: Row, weights, data, limit: int, device: str) -> None:
+    from perception.training.evaluate import evaluate
+
+    metrics = evaluate(weights, data, batch_size=8, workers=0, device=device, limit=limit)
+    row.metrics = {k: round(metrics[k], 4) for k in (*ACCURACY_KEYS, "num_images")}
+
+
+def _train_rows(loaded, data, size, batch, dev, steps, workers) -> list[Row]:
+    from perception.data.datamodule import PerceptionDataModule
+
+    dm = PerceptionDataModule(
+        [str(data)],
+        loaded.meta.class_names,
+        image_size=size,
+        batch_size=batch,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=dev.type == "cuda",
+    )
+    dm.setup("fit")
+    model = copy.deepcopy(loaded.model)  # trained further in place; the release is untouched
+    return list(training_throughput(model, dm.train_dataloader(), dev, steps))
+
+
+def _ratios(rows: list[Row]) -> dict[str, float]:
+    """BENCHMARKS.md's CPU ratios at batch 1 (and the training data-pipeline ratio)."""
+    by = {(r.variant, r.batch): r for r in rows}
+    out = {}
+    pairs = {
+        "ort_fp32_vs_torch_fp32": ("onnxruntime fp32", "torch eager fp32"),
+        "ort_int8_vs_ort_fp32": ("onnxruntime int8", "onnxruntime fp32"),
+        "ort_fp16_vs_ort_fp32": ("onnxruntime fp16", "onnxruntime fp32"),
+    }
+    for key, (fast, base) in pairs.items():
+        if (fast, 1) in by and (base, 1) in by:
+            out[key] = round(by[(base, 1)].latency_ms / by[(fast, 1)].latency_ms, 2)
+    e2e = [r for r in rows if r.variant == "train end-to-end"]
+    only = [r for r in rows if r.variant == "train model-only"]
+    if e2e and only:
+        out["train_end_to_end_vs_model_only"] = round(e2e[0].images_per_s / only[0].images_per_s, 2)
+    return out
+
+
+def _machine(dev: torch.device, threads: int | None) -> dict[str, Any]:
+    import onnxruntime
+
+    info = {
+        "device": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "ort_threads": threads or min(4, os.cpu_count() or 1),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    return info
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a Markdown table (pasteable into docs/deploy.md)."""
+    keys = [k for k in ACCURACY_KEYS if any(k in r["metrics"] for r in report["rows"])]
+    head = ["variant", "device", "batch", "latency ms (median)", "p90 ms", "img/s", *keys]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["rows"]:
+        acc = [f"{r['metrics'][k]:.3f}" if k in r["metrics"] else "" for k in keys]
+        speed = [f"{r['latency_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['images_per_s']:.1f}"]
+        cells = [r["variant"], r["device"], str(r["batch"]), *speed, *acc]
+        lines.append("| " + " | ".join(cells) + " |")
+    ratios = ", ".join(f"{k} {v:.2f}x" for k, v in report["ratios"].items())
+    return "\n".join(lines) + (f"\n\nratios: {ratios}" if ratios else "")
+
+
+def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,149 @@
+"""Timing primitives: inference latency/throughput per runtime, and training throughput.
+
+Each function times one thing the same way: ``warmup`` untimed calls, then ``iters``
+timed ones (CUDA synchronised), reported as the median and 90th percentile per call
+and images per second at the median. Inputs are random images at the network size;
+speed does not depend on pixel values.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from perception.models import MultiTaskModel
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Row:
+    """One line of the benchmark table."""
+
+    variant: str  # e.g. "torch eager fp32", "onnxruntime int8", "train model-only"
+    device: str
+    batch: int
+    latency_ms: float  # median per call
+    p90_ms: float
+    images_per_s: float
+    metrics: dict[str, float] = field(default_factory=dict)  # accuracy, when measured
+
+
+def timed(fn: Callable[[], object], warmup: int, iters: int, cuda: bool = False) -> np.ndarray:
+    """Seconds per call of ``fn`` over ``iters`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize()
+    out = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - start)
+    return np.asarray(out)
+
+
+def _row(variant: str, device: str, batch: int, seconds: np.ndarray) -> Row:
+    median = float(np.median(seconds))
+    return Row(
+        variant,
+        device,
+        batch,
+        round(median * 1e3, 3),
+        round(float(np.percentile(seconds, 90)) * 1e3, 3),
+        round(batch / median, 1),
+    )
+
+
+def torch_inference(
+    model: MultiTaskModel,
+    size: tuple[int, int],
+    batch: int,
+    device: torch.device,
+    precision: str = "fp32",
+    warmup: int = 3,
+    iters: int = 20,
+) -> Row:
+    """Eager forward pass (raw head outputs), channels-last, weights cast to ``precision``."""
+    dtype = PRECISIONS[precision]
+    net = model.to(device, dtype).eval().to(memory_format=torch.channels_last)
+    images = torch.rand(batch, 3, *size, device=device, dtype=dtype)
+    images = images.contiguous(memory_format=torch.channels_last)
+
+    def step() -> object:
+        with torch.inference_mode():
+            return net(images)
+
+    seconds = timed(step, warmup, iters, cuda=device.type == "cuda")
+    return _row(f"torch eager {precision}", device.type, batch, seconds)
+
+
+def onnx_inference(
+    path: str | os.PathLike,
+    size: tuple[int, int],
+    batch: int,
+    variant: str,
+    threads: int | None = None,
+    warmup: int = 3,
+    iters: int = 20,
+) -> Row:
+    """onnxruntime CPU session on a ``[batch, 3, H, W]`` input (the graph's fixed size)."""
+    from perception.export.onnx import INPUT_NAME, cpu_session
+
+    session = cpu_session(path, threads)
+    feed = {INPUT_NAME: np.random.default_rng(0).random((batch, 3, *size), dtype=np.float32)}
+    seconds = timed(lambda: session.run(None, feed), warmup, iters)
+    return _row(variant, "cpu", batch, seconds)
+
+
+def training_throughput(
+    model: MultiTaskModel,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    steps: int,
+    warmup: int = 2,
+) -> tuple[Row, Row]:
+    """Training steps per second, model-only (one batch reused) and end-to-end (each step
+    loads, augments and collates a fresh batch). Both run the full multi-task loss with
+    label assignment, backward and AdamW; bf16 autocast on GPU as in training."""
+    from perception.losses import MultiTaskLoss, build_combiner
+
+    net = model.to(device).train()
+    loss_fn = MultiTaskLoss(build_combiner("uncertainty")).to(device)
+    opt = torch.optim.AdamW([*net.parameters(), *loss_fn.parameters()], lr=1e-4)
+    cuda = device.type == "cuda"
+    batches = iter(loader)
+
+    def step(batch) -> None:
+        batch = batch.to(device)
+        images = batch.images.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            outputs = net(images)
+            total, _ = loss_fn(outputs, batch, *net.points(images.shape[-2:], device))
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+
+    def next_batch():
+        nonlocal batches
+        try:
+            return next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            return next(batches)
+
+    fixed = next_batch()
+    size = len(fixed)
+    model_only = timed(lambda: step(fixed), warmup, steps, cuda)
+    end_to_end = timed(lambda: step(next_batch()), warmup, steps, cuda)
+    return (
+        _row("train model-only", device.type, size, model_only),
+        _row("train end-to-end", device.type, size, end_to_end),
+    )
