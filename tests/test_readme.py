@@ -1,0 +1,54 @@
+"""The README's inference example runs as printed (against the committed release)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _section_code(title: str) -> list[str]:
+    text = (REPO / "README.md").read_text()
+    section = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_inference_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    blocks = _section_code("Python API (inference)")
+    assert blocks, "the README lost its inference example"
+    for name in ("weights", "docs"):  # the example's relative paths, outputs in tmp
+        (tmp_path / name).symlink_to(REPO / name)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), namespace)
+    pred, same = namespace["pred"], namespace["same"]
+    assert namespace["overlay"].shape == (*pred.depth.shape, 3)
+    assert len(pred) > 0 and len(same) == len(pred)  # torch and onnxruntime agree
+    assert capsys.readouterr().out.count("\n") == 4
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider:UserWarning")  # no GPU providers in CI
+def test_deploy_guide_standalone_onnxruntime_snippet_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from conftest import TINY_RELEASE_CLASSES, write_tiny_release
+
+    from perception.export import export_onnx
+
+    text = (REPO / "docs" / "deploy.md").read_text()
+    section = text.split("## 3. onnxruntime on the board\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    standalone = [b for b in blocks if "perception" not in b]
+    assert len(standalone) == 1
+    weights = write_tiny_release(tmp_path / "tiny.safetensors")
+    export_onnx(weights, tmp_path / "model_nms.onnx", nms=True)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(standalone[0], "deploy.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert printed.startswith("[") and any(name in printed for name in TINY_RELEASE_CLASSES)
