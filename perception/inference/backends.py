@@ -69,17 +69,9 @@ class TorchBackend:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, nms: NMSSettings) -> Raw:
         out = self.model(images.to(self.device, self.dtype))
-        dets = postprocess_detections(
-            out.cls_logits,
-            out.box_dist,
-            self.points,
-            self.strides,
-            nms.conf,
-            nms.iou,
-            nms.max_det,
-            image_size=self.image_size,
+        dets = _decode(
+            out.cls_logits, out.box_dist, self.points, self.strides, nms, self.image_size
         )
-        dets = [Detections(*(t.cpu() for t in d)) for d in dets]
         return Raw(dets, out.seg_logits.float().cpu(), out.depth_log.float().cpu())
 
 
@@ -111,19 +103,29 @@ class OnnxBackend:
         out = dict(zip(self.names, self.session.run(self.names, feed), strict=True))
         seg, depth = torch.from_numpy(out["seg_logits"]), torch.from_numpy(out["depth_log"])
         if self.graph_nms is None:
-            dets = postprocess_detections(
+            cls_logits, box_dist = (
                 torch.from_numpy(out["cls_logits"]),
                 torch.from_numpy(out["box_dist"]),
-                self.points,
-                self.strides,
-                nms.conf,
-                nms.iou,
-                nms.max_det,
-                image_size=self.image_size,
             )
+            dets = _decode(cls_logits, box_dist, self.points, self.strides, nms, self.image_size)
         else:
             dets = [_graph_detections(out, i, nms) for i in range(len(images))]
         return Raw(dets, seg.float(), depth.float())
+
+
+def _decode(
+    cls_logits: torch.Tensor,
+    box_dist: torch.Tensor,
+    points: torch.Tensor,
+    strides: torch.Tensor,
+    nms: NMSSettings,
+    image_size: tuple[int, int],
+) -> list[Detections]:
+    """Raw detection outputs -> per-image ``Detections`` on the CPU (network pixels)."""
+    dets = postprocess_detections(
+        cls_logits, box_dist, points, strides, nms.conf, nms.iou, nms.max_det, image_size=image_size
+    )
+    return [Detections(*(t.cpu() for t in d)) for d in dets]
 
 
 def _graph_detections(out: dict[str, np.ndarray], i: int, nms: NMSSettings) -> Detections:
