@@ -145,9 +145,7 @@ def _machine(dev: torch.device, threads: int | None) -> dict[str, Any]:
     import onnxruntime
 
     info = {
-        "device": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "ort_threads": threads or min(4, os.cpu_count() or 1),
@@ -155,6 +153,17 @@ def _machine(dev: torch.device, threads: int | None) -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
     }
     return info
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def format_report(report: dict[str, Any]) -> str:

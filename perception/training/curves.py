@@ -11,7 +11,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-LOSS_KEYS = ("train/det", "train/seg", "train/depth", "train/loss")
+# Unweighted task losses only: the combined loss of uncertainty weighting adds learned
+# log-variances and goes negative, which a log axis cannot show.
+LOSS_KEYS = ("train/det", "train/seg", "train/depth")
 VAL_KEYS = ("val/det/mAP50", "val/lane/iou", "val/drivable/miou", "val/depth/delta1", "val/score")
 
 
