@@ -52,3 +52,13 @@ def test_tools_wrapper_runs_the_subcommand(tmp_path: Path):
     assert out.returncode == 2
     assert out.stderr.startswith("perception check-data: error:")
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_every_subcommand_has_a_tools_wrapper():
+    from perception.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in sub.choices:
+        script = ROOT / "tools" / f"{name.replace('-', '_')}.py"
+        assert script.is_file(), f"missing {script}"
+        assert f'main(["{name}", *sys.argv[1:]])' in script.read_text()
