@@ -120,6 +120,8 @@ def run_demo(
             truth = _ground_truth_overlay(scenes, record, predictor.class_names)
             rows.append(np.hstack([truth, overlay]))
     cv2.imwrite(str(out / "demo.jpg"), np.vstack(rows)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    # A second forward pass (~1 s): the metrics come from `perception eval`'s own code at
+    # network resolution, so the demo's numbers mean exactly what eval's mean.
     metrics = evaluate(weights, scenes, batch_size=8, workers=0, device="cpu")
     write_json(metrics, out / "metrics.json")
     clean = {k: (None if v != v else v) for k, v in metrics.items()}  # NaN -> null

@@ -21,6 +21,7 @@ from perception.checkpoints import load_model
 from perception.errors import PerceptionError
 from perception.export import NMSConfig, export_onnx
 from perception.inference import InputError
+from perception.inference.backends import OnnxBackend
 
 SIZE = TINY_RELEASE_SIZE
 CLASSES = TINY_RELEASE_CLASSES
@@ -191,10 +192,23 @@ def test_onnx_with_graph_nms_matches_torch(
     got, ref = Predictor(path, conf=CONF)(image), predictor(image)
     assert len(ref) > 0
     _same(got, ref, atol=1e-3)
+    with pytest.raises(PerceptionError, match="no raw detection outputs"):  # eval needs raw
+        OnnxBackend(path).head_outputs(torch.rand(1, 3, *SIZE))
     with pytest.raises(PerceptionError, match=r"in-graph NMS at conf 0\.1"):
         Predictor(path, conf=0.05)
     with pytest.raises(PerceptionError, match=r"in-graph NMS at iou 0\.6"):
         Predictor(path, conf=CONF, iou=0.5)
+
+
+def test_fixed_batch_export_runs_any_batch_as_head_outputs(weights: Path, tmp_path: Path) -> None:
+    loaded = load_model(weights)
+    path = export_onnx(loaded, tmp_path / "static.onnx")  # batch fixed at 1
+    images = torch.rand(3, 3, *SIZE)
+    got = OnnxBackend(path).head_outputs(images)  # run one image at a time
+    with torch.no_grad():
+        ref = loaded.model(images)
+    for g, r in zip(got, ref, strict=True):
+        np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-3, atol=1e-4)
 
 
 def test_reduced_precision_torch_backend_stays_close(weights: Path, image: np.ndarray) -> None:

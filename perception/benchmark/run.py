@@ -60,7 +60,7 @@ def run_bench(
     rows: list[Row] = []
     for precision in ("fp32", "fp16", "bf16") if dev.type == "cuda" else ("fp32",):
         for b in sorted({1, batch}):
-            model = load_model(weights, "cpu").model
+            model = copy.deepcopy(loaded.model)  # each row casts/moves its own copy
             rows.append(torch_inference(model, size, b, dev, precision, iters=iters))
     if data is not None:
         _score(rows[0], weights, data, eval_images, str(dev))

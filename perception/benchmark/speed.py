@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from perception.inference.backends import PRECISIONS
 from perception.models import MultiTaskModel
-
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass

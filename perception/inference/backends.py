@@ -24,7 +24,7 @@ from perception.checkpoints import LoadedModel
 from perception.errors import PerceptionError
 from perception.ops.points import dense_points, level_sizes
 from perception.postprocess import postprocess_detections
-from perception.structures import Detections
+from perception.structures import Detections, HeadOutputs
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -87,9 +87,8 @@ class OnnxBackend:
         meta = read_metadata(path)
         if "image_size" not in meta or "class_names" not in meta:
             raise PerceptionError(f"{path}: no perception metadata; export it with perception")
-        self.session = cpu_session(path, threads)
+        self.session, self.path = cpu_session(path, threads), path
         self.input_name = INPUT_NAME
-        self.meta = meta
         self.image_size: tuple[int, int] = tuple(meta["image_size"])
         self.class_names: list[str] = list(meta["class_names"])
         self.graph_nms: dict[str, Any] | None = meta.get("nms")
@@ -98,19 +97,34 @@ class OnnxBackend:
         strides = list(meta["strides"])
         self.points, self.strides = dense_points(level_sizes(self.image_size, strides), strides)
 
-    def __call__(self, images: torch.Tensor, nms: NMSSettings) -> Raw:
-        feed = {self.input_name: images.float().cpu().numpy()}
-        out = dict(zip(self.names, self.session.run(self.names, feed), strict=True))
-        seg, depth = torch.from_numpy(out["seg_logits"]), torch.from_numpy(out["depth_log"])
-        if self.graph_nms is None:
-            cls_logits, box_dist = (
-                torch.from_numpy(out["cls_logits"]),
-                torch.from_numpy(out["box_dist"]),
+    def _run(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every graph output by name, for any batch (split into single images when the
+        graph has a fixed batch of 1)."""
+        chunks = [images] if self.max_batch is None else list(images.split(self.max_batch))
+        feeds = [{self.input_name: c.float().cpu().numpy()} for c in chunks]
+        outs = [self.session.run(self.names, feed) for feed in feeds]
+        return {
+            name: torch.from_numpy(np.concatenate(parts))
+            for name, parts in zip(self.names, zip(*outs, strict=True), strict=True)
+        }
+
+    def head_outputs(self, images: torch.Tensor) -> HeadOutputs:
+        """A raw export's outputs as the model's ``HeadOutputs`` (what metrics score)."""
+        if self.graph_nms is not None:
+            raise PerceptionError(
+                f"{self.path}: an --nms export has no raw detection outputs; use a raw export"
             )
+        out = self._run(images)
+        return HeadOutputs(*(out[name] for name in HeadOutputs._fields))
+
+    def __call__(self, images: torch.Tensor, nms: NMSSettings) -> Raw:
+        out = self._run(images)
+        if self.graph_nms is None:
+            cls_logits, box_dist = out["cls_logits"], out["box_dist"]
             dets = _decode(cls_logits, box_dist, self.points, self.strides, nms, self.image_size)
         else:
             dets = [_graph_detections(out, i, nms) for i in range(len(images))]
-        return Raw(dets, seg.float(), depth.float())
+        return Raw(dets, out["seg_logits"].float(), out["depth_log"].float())
 
 
 def _decode(
@@ -128,15 +142,13 @@ def _decode(
     return [Detections(*(t.cpu() for t in d)) for d in dets]
 
 
-def _graph_detections(out: dict[str, np.ndarray], i: int, nms: NMSSettings) -> Detections:
+def _graph_detections(out: dict[str, torch.Tensor], i: int, nms: NMSSettings) -> Detections:
     """Image ``i``'s rows of a padded in-graph NMS result, ``score > conf``, ``max_det``."""
     n = int(out["det_count"][i])
-    scores = torch.from_numpy(out["det_scores"][i, :n]).float()
+    scores = out["det_scores"][i, :n].float()
     keep = (scores > nms.conf).nonzero().squeeze(1)[: nms.max_det]
     return Detections(
-        torch.from_numpy(out["det_boxes"][i, :n]).float()[keep],
-        scores[keep],
-        torch.from_numpy(out["det_labels"][i, :n]).long()[keep],
+        out["det_boxes"][i, :n].float()[keep], scores[keep], out["det_labels"][i, :n].long()[keep]
     )
 
 

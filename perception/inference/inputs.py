@@ -73,10 +73,8 @@ def to_rgb(item: Any, where: str = "input") -> np.ndarray:
 
 
 def _is_pil(item: Any) -> bool:
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        return False
+    from PIL import Image
+
     return isinstance(item, Image.Image)
 
 

@@ -115,8 +115,7 @@ class Predictor:
 
     def __call__(self, source: Any) -> Prediction | list[Prediction]:
         """Predict one input (-> ``Prediction``) or a list / ``BCHW`` tensor (-> list)."""
-        min_size = max(self.backend.strides.max().item(), 1)
-        images = to_images(source, min_size=int(min_size))
+        images = to_images(source, min_size=int(self.backend.strides.max()))  # coarsest stride
         step = self.batch_size if self.backend.max_batch is None else self.backend.max_batch
         preds: list[Prediction] = []
         for start in range(0, len(images), step):

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -21,8 +19,7 @@ from perception.checkpoints import load_model
 from perception.data.collate import collate
 from perception.data.datasets import V1Dataset
 from perception.data.transforms import SampleTransform
-from perception.errors import PerceptionError
-from perception.structures import HeadOutputs
+from perception.inference.backends import OnnxBackend
 from perception.training.metrics import MetricsSuite
 
 
@@ -42,9 +39,10 @@ def evaluate(
     """Metrics of ``weights`` (``.safetensors``, ``.ckpt`` or an exported ``.onnx``, whose
     raw outputs are scored the same way) on the dataset at ``data`` (first ``limit``)."""
     dev = pick_device(device)
-    if Path(weights).suffix == ".onnx":
-        run, image_size, class_names, points = _onnx_runner(weights)
-        dev = torch.device("cpu")
+    if Path(weights).suffix == ".onnx":  # the same graph runner as Predictor's
+        backend = OnnxBackend(weights)
+        run, image_size, class_names = backend.head_outputs, backend.image_size, backend.class_names
+        points, dev = (backend.points, backend.strides), torch.device("cpu")
     else:
         loaded = load_model(weights, dev)
         run, image_size = loaded.model, loaded.meta.image_size
@@ -65,26 +63,6 @@ def evaluate(
             continue
         suite.update(run(batch.images.float() / 255.0), batch, *points)
     return suite.compute()
-
-
-def _onnx_runner(path: str | os.PathLike) -> tuple[Callable, tuple[int, int], list[str], tuple]:
-    """An exported raw-output ``.onnx`` as ``images -> HeadOutputs`` (one image at a time
-    unless it has a dynamic batch), with its input size, classes and detection points."""
-    from perception.export.onnx import INPUT_NAME, RAW_OUTPUTS, cpu_session, read_metadata
-    from perception.ops.points import dense_points, level_sizes
-
-    meta = read_metadata(path)
-    if meta.get("nms") or "image_size" not in meta:
-        raise PerceptionError(f"{path}: eval needs a perception export without --nms")
-    session, size = cpu_session(path), tuple(meta["image_size"])
-
-    def run(images: torch.Tensor) -> HeadOutputs:
-        chunks = [images] if meta.get("dynamic_batch") else list(images.split(1))
-        outs = [session.run(list(RAW_OUTPUTS), {INPUT_NAME: c.numpy()}) for c in chunks]
-        return HeadOutputs(*(torch.from_numpy(np.concatenate(o)) for o in zip(*outs, strict=True)))
-
-    strides = list(meta["strides"])
-    return run, size, list(meta["class_names"]), dense_points(level_sizes(size, strides), strides)
 
 
 def format_table(metrics: dict[str, float]) -> str:
