@@ -57,7 +57,9 @@ def _from_ckpt(path: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
     state = ckpt["state_dict"]
     prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "model."
     weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    config = dataclasses.asdict(_config({**hp, "num_classes": len(hp["class_names"])}, False))
+    # older checkpoints: flat hparams and a camera-blind depth head
+    values = hp["net"] if isinstance(hp.get("net"), dict) else {"canonical_focal": 0.0, **hp}
+    config = dataclasses.asdict(_config({**values, "num_classes": len(hp["class_names"])}, False))
     meta = ModelMeta(config, list(hp["class_names"]), tuple(hp.get("image_size", (384, 640))))
     return weights, meta
 
@@ -72,6 +74,7 @@ def _from_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
         raise PerceptionError(f"{path}: no 'perception' metadata; not a perception release")
     meta = json.loads(raw)
     meta["image_size"] = tuple(meta["image_size"])
+    meta["config"].setdefault("canonical_focal", 0.0)  # releases before it were camera-blind
     return load_file(str(path)), ModelMeta(**meta)
 
 
@@ -89,7 +92,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
         if isinstance(err, PerceptionError):
             raise
         raise PerceptionError(f"{path}: cannot read weights ({str(err).splitlines()[0]})") from None
-    model = build_model(_config(meta.config, strict=True))
+    config = _config(meta.config, strict=True)
+    meta.config = dataclasses.asdict(config)  # every field, defaults filled in
+    model = build_model(config)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise PerceptionError(

@@ -35,6 +35,44 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _camera(text: str) -> tuple[float, float, float, float]:
+    """``fx,fy,cx,cy`` -> floats (pixels of the input images)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or values[0] <= 0 or values[1] <= 0:
+        raise argparse.ArgumentTypeError(
+            f"camera must be fx,fy,cx,cy in pixels with fx, fy > 0, got {text!r}"
+        )
+    return values  # type: ignore[return-value]
+
+
+def _hfov(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 180.0:
+        raise argparse.ArgumentTypeError(f"hfov must be in (0, 180) degrees, got {text}")
+    return value
+
+
+def _add_camera_args(p: argparse.ArgumentParser, whose: str) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--camera",
+        type=_camera,
+        default=None,
+        metavar="FX,FY,CX,CY",
+        help=f"intrinsics of {whose} in their own pixels (metric depth depends on them)",
+    )
+    group.add_argument(
+        "--hfov",
+        type=_hfov,
+        default=None,
+        metavar="DEG",
+        help=f"or the horizontal field of view of {whose} (default: the weights')",
+    )
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")  # one render process per core; no BLAS threads
@@ -47,6 +85,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         size=args.size,
         workers=args.workers,
         preview=args.preview,
+        focal_range=tuple(args.focal_range),
     )
     return 0
 
@@ -125,7 +164,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         backend=args.backend,
     )
     summary = predict_source(
-        predictor, args.source, args.out, save_raw=args.save_raw, overwrite=args.overwrite
+        predictor,
+        args.source,
+        args.out,
+        save_raw=args.save_raw,
+        overwrite=args.overwrite,
+        camera=args.camera,
+        hfov=args.hfov,
     )
     print(
         f"predicted {summary.images} image(s), {summary.detections} detection(s); "
@@ -146,6 +191,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-det", type=_positive_int, default=300)
     p.add_argument("--save-raw", action="store_true", help="also write each Prediction as .npz")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_camera_args(p, "the source images")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -153,7 +199,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from perception.demo import run_demo
     from perception.training.evaluate import format_table
 
-    s = run_demo(args.out, args.weights, num=args.num, size=args.size, source=args.source)
+    s = run_demo(
+        args.out,
+        args.weights,
+        num=args.num,
+        size=args.size,
+        source=args.source,
+        camera=args.camera,
+        hfov=args.hfov,
+    )
     print(format_table({k: float("nan") if v is None else v for k, v in s.metrics.items()}))
     print(
         f"demo: {s.weights} on {s.scenes} held-out synthetic scenes in {s.seconds:.1f} s\n"
@@ -172,6 +226,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", default=None, help="also predict this image, folder or video")
     p.add_argument("--num", type=_positive_int, default=24, help="synthetic scenes to render")
     p.add_argument("--size", type=_size, default=(384, 640), help="scene size HxW")
+    _add_camera_args(p, "the --source images")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -267,6 +322,15 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         help="render processes (default: all cores)",
     )
     p.add_argument("--preview", default=None, help="also write a contact sheet PNG here")
+    p.add_argument(
+        "--focal-range",
+        type=float,
+        nargs=2,
+        default=(0.6, 1.1),
+        metavar=("MIN", "MAX"),
+        help="focal length as a multiple of the image width (default 0.6 1.1); e.g. "
+        "1.2 1.5 renders lenses longer than any in the default training data",
+    )
     p.set_defaults(func=_cmd_synth)
 
 

@@ -96,8 +96,14 @@ def run_demo(
     source: str | os.PathLike | None = None,
     workers: int = 2,
     sheet_rows: int = 4,
+    camera: tuple[float, float, float, float] | None = None,
+    hfov: float | None = None,
 ) -> DemoSummary:
-    """Render ``num`` held-out scenes, predict, score and draw them (module docstring)."""
+    """Render ``num`` held-out scenes, predict, score and draw them (module docstring).
+
+    Each scene is predicted with the camera it was rendered with (metric depth needs it);
+    ``camera`` / ``hfov`` describe the ``source`` images (default: the weights').
+    """
     from perception.data.formats import v1
     from perception.data.synthetic.writer import write_dataset
     from perception.inference import Predictor
@@ -113,7 +119,7 @@ def run_demo(
     (out / "overlays").mkdir()
     rows = []
     for i, record in enumerate(records):
-        pred = predictor(v1.resolve(scenes, record.image))
+        pred = predictor(v1.resolve(scenes, record.image), camera=record.camera)
         overlay = pred.plot()
         cv2.imwrite(str(out / "overlays" / f"{record.id}.jpg"), overlay[..., ::-1])
         if i < sheet_rows:
@@ -127,7 +133,9 @@ def run_demo(
     clean = {k: (None if v != v else v) for k, v in metrics.items()}  # NaN -> null
     summary = DemoSummary(str(weights), len(records), clean, 0.0, str(out))
     if source is not None:
-        summary.source_images = predict_source(predictor, source, out / "source").images
+        summary.source_images = predict_source(
+            predictor, source, out / "source", camera=camera, hfov=hfov
+        ).images
     summary.seconds = round(time.perf_counter() - start, 1)
     (out / DEMO_MARKER).write_text(json.dumps(asdict(summary), indent=2) + "\n")
     return summary

@@ -7,6 +7,7 @@ means *not labeled* — never "background" — so losses and metrics can skip it
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -30,6 +31,30 @@ class Camera:
     def as_array(self) -> np.ndarray:
         """``[4]`` float32 ``(fx, fy, cx, cy)``."""
         return np.array([self.fx, self.fy, self.cx, self.cy], dtype=np.float32)
+
+    def as_tuple(self) -> tuple[float, float, float, float]:
+        return (float(self.fx), float(self.fy), float(self.cx), float(self.cy))
+
+    @classmethod
+    def from_hfov(cls, width: int, height: int, hfov: float) -> Camera:
+        """A centred camera whose horizontal field of view is ``hfov`` degrees.
+
+        ``fx = fy = (width / 2) / tan(hfov / 2)``, principal point at the image centre:
+        what to assume when a dataset or a user gives no intrinsics.
+        """
+        if not 0.0 < hfov < 180.0:
+            raise ValueError(f"hfov must be in (0, 180) degrees, got {hfov}")
+        f = (width / 2) / math.tan(math.radians(hfov) / 2)
+        return cls(f, f, width / 2, height / 2)
+
+    def letterboxed(self, lb: Letterbox) -> Camera:
+        """The same camera in the network frame of letterbox ``lb``.
+
+        Resizing changes the pixel grid, not the rays: focal lengths scale with the image,
+        the principal point moves with it (``net = src * scale + pad``).
+        """
+        s = lb.scale
+        return Camera(self.fx * s, self.fy * s, self.cx * s + lb.pad_x, self.cy * s + lb.pad_y)
 
 
 @dataclass(frozen=True)
@@ -170,7 +195,9 @@ class HeadOutputs(NamedTuple):
     cls_logits: torch.Tensor  # [B, A, K] class logits (sigmoid, one per class)
     box_dist: torch.Tensor  # [B, A, 4] raw (l, t, r, b); pixels = softplus(raw) * stride
     seg_logits: torch.Tensor  # [B, S, H, W] S=1 lane or S=2 lane + drivable, input size
-    depth_log: torch.Tensor  # [B, 1, H, W] natural log of metric depth (metres), input size
+    # [B, 1, H, W] natural log of depth (metres) for the model's canonical camera (metric
+    # depth for a camera-blind model), input size; see perception.ops.camera
+    depth_log: torch.Tensor
 
 
 class Detections(NamedTuple):
@@ -195,7 +222,11 @@ class Prediction:
     class_names: list[str]
     lane: np.ndarray  # (H, W) float32 lane probability in [0, 1]
     drivable: np.ndarray | None  # (H, W) float32 probability, None without that channel
-    depth: np.ndarray  # (H, W) float32 metres
+    depth: np.ndarray  # (H, W) float32 metres, for ``camera``
+    # (fx, fy, cx, cy) original pixels the depth was computed for; ``camera_default``:
+    # True when none was given and the weights' default field of view was assumed
+    camera: tuple[float, float, float, float] | None = None
+    camera_default: bool = False
     image: np.ndarray | None = field(default=None, repr=False)  # (H, W, 3) uint8 RGB input
 
     def __len__(self) -> int:

@@ -26,6 +26,9 @@ SPEC_KEYS = [
     "drivable/miou", "depth/abs_rel", "depth/sq_rel", "depth/rmse", "depth/rmse_log",
     "depth/delta1", "depth/delta2", "depth/delta3", "num_images",
 ]  # fmt: skip
+# `perception eval` adds COCO mAP per object size right after det/recall (beside the SPEC keys)
+AREA_KEYS = ["det/mAP_small", "det/mAP_medium", "det/mAP_large"]
+EVAL_KEYS = SPEC_KEYS[:3] + AREA_KEYS + SPEC_KEYS[3:]
 
 
 def write_tiny_dataset(

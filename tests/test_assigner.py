@@ -143,3 +143,141 @@ def test_pad_targets_and_large_batch_shapes() -> None:
     out = TaskAlignedAssigner()(scores, preds, points, gt, labels, mask)
     assert out.fg.shape == (2, 5040) and out.fg.any()
     assert out.fg.sum(dim=1).max() <= 500  # at most top-k per GT
+
+
+# ------------------------------------------------------------- fallback for tiny boxes
+LEVELS = (8, 16, 32)
+TINY = [[65.0, 41.0, 68.0, 44.0], [21.0, 29.0, 23.0, 34.0]]  # 3x3 and 2x5, between centres
+NORMAL = [[40.0, 8.0, 80.0, 36.0], [4.0, 40.0, 36.0, 62.0], [44.0, 40.0, 60.0, 60.0]]
+
+
+def _levels(hw: tuple[int, int] = (64, 96)) -> tuple[torch.Tensor, torch.Tensor]:
+    return dense_points(level_sizes(hw, LEVELS), LEVELS)  # [A, 2], [A]
+
+
+def _nearest_per_level(points: torch.Tensor, strides: torch.Tensor, box: torch.Tensor) -> set:
+    """Brute force: index of the point nearest the box centre on each level."""
+    centre = (box[:2] + box[2:]) / 2
+    dist = (points - centre).square().sum(-1)  # [A]
+    return {int(torch.where(strides == s, dist, torch.inf).argmin()) for s in strides.unique()}
+
+
+def _positives(out, b: int, g: int) -> set:
+    return set((out.fg[b] & (out.gt_index[b] == g)).nonzero().flatten().tolist())
+
+
+def test_tiny_boxes_get_the_nearest_point() -> None:
+    points = _grid()
+    gt = torch.tensor([[[13.5, 5.0, 16.5, 8.0], [29.0, 33.0, 31.0, 38.0]]])  # 3x3, 2x5
+    for g in range(2):
+        assert not _inside(points, gt[0, g]).any()  # the case the fallback exists for
+    scores = torch.rand(1, points.shape[0], K, generator=torch.Generator().manual_seed(0))
+    out = TaskAlignedAssigner()(
+        scores, _small_preds(points), points, gt, torch.tensor([[0, 2]]), torch.ones(1, 2).bool()
+    )
+    assert _positives(out, 0, 0) == {_index(points, 12.0, 4.0)}
+    assert _positives(out, 0, 1) == {_index(points, 28.0, 36.0)}
+    assert out.labels[0, _index(points, 28.0, 36.0)] == 2
+    torch.testing.assert_close(out.boxes[0, _index(points, 12.0, 4.0)], gt[0, 0])
+
+
+def test_fallback_positive_gets_its_iou_as_target_when_alignment_is_minute() -> None:
+    points = _grid()
+    gt = torch.tensor([[[13.5, 5.0, 16.5, 8.0]]])
+    near = _index(points, 12.0, 4.0)
+    preds = _small_preds(points)
+    preds[0, near] = torch.tensor([8.0, 0.0, 16.0, 8.0])  # overlaps the GT a little
+    iou = aligned_iou(preds[0, near], gt[0, 0])
+    for score in (0.0, 1e-4):  # align exactly 0, and ~1e-10 (below the old eps of 1e-9)
+        scores = torch.full((1, points.shape[0], K), score)
+        out = TaskAlignedAssigner()(
+            scores, preds, points, gt, torch.tensor([[1]]), torch.ones(1, 1, dtype=torch.bool)
+        )
+        assert _positives(out, 0, 0) == {near}
+        torch.testing.assert_close(out.scores[0, near], torch.stack([0 * iou, iou, 0 * iou]))
+
+
+def _mixed_batch() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """4 images: tiny + normal, tiny only, normal only, empty."""
+    t, n = torch.tensor(TINY), torch.tensor(NORMAL)
+    boxes = [torch.cat([n[:2], t[:1], n[2:]]), t, n, torch.zeros(0, 4)]
+    labels = [torch.tensor([0, 1, 2, 1]), torch.tensor([2, 0]), torch.tensor([0, 1, 2])]
+    return boxes, [*labels, torch.zeros(0, dtype=torch.long)]
+
+
+def _level_preds(points: torch.Tensor, strides: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[B, A, 4]`` stride-sized boxes around each point, jittered."""
+    gen = torch.Generator().manual_seed(1)
+    half = (2.5 * strides)[:, None]  # [A] -> [A, 1]
+    box = torch.cat([points - half, points + half], dim=1)  # [A, 4]
+    return box + torch.randn(batch, *box.shape, generator=gen)
+
+
+def test_tiny_and_normal_boxes_on_several_levels_all_get_positives() -> None:
+    points, strides = _levels()
+    boxes, labels = _mixed_batch()
+    gt, gt_labels, mask = pad_targets(boxes, labels)
+    scores = torch.rand(4, points.shape[0], K, generator=torch.Generator().manual_seed(0))
+    preds = _level_preds(points, strides, 4)
+    out = TaskAlignedAssigner()(scores, preds, points, gt, gt_labels, mask, strides)
+    for b, image_boxes in enumerate(boxes):
+        for g, box in enumerate(image_boxes):
+            assert _positives(out, b, g), (b, g)
+            if box.tolist() in TINY:
+                assert not _inside(points, box).any()
+                assert _positives(out, b, g) == _nearest_per_level(points, strides, box)
+    assert not out.fg[3].any()
+    # normal boxes are assigned as if the tiny ones were not there
+    keep = [torch.tensor([bx not in TINY for bx in b.tolist()], dtype=torch.bool) for b in boxes]
+    clean = [b[k] for b, k in zip(boxes, keep, strict=True)]
+    clean_labels = [lb[k] for lb, k in zip(labels, keep, strict=True)]
+    ref = TaskAlignedAssigner()(
+        scores, preds, points, *pad_targets(clean, clean_labels), strides=strides
+    )
+    for b in range(4):
+        rows = [g for g, bx in enumerate(boxes[b].tolist()) if bx not in TINY]
+        for g_ref, g in enumerate(rows):
+            sel = out.fg[b] & (out.gt_index[b] == g)
+            assert torch.equal(sel, ref.fg[b] & (ref.gt_index[b] == g_ref))
+            torch.testing.assert_close(out.scores[b, sel], ref.scores[b, sel])
+
+
+def _inside_only(scores, preds, points, gt, labels, mask, topk=10, alpha=1.0, beta=6.0):
+    """The assigner without the fallback, loop by loop: ``(fg, gt_index, quality)``."""
+    batch, num_points, _ = scores.shape
+    claim = torch.zeros(batch, gt.shape[1], num_points, dtype=torch.bool)  # [B, N, A]
+    iou = aligned_iou(gt[:, :, None], preds[:, None])  # [B, N, A]
+    align = scores.gather(2, labels[:, None, :].expand(-1, num_points, -1)).transpose(1, 2)
+    align = align.pow(alpha) * iou.pow(beta)  # [B, A, N] -> [B, N, A]
+    for b, g in mask.nonzero().tolist():
+        cand = _inside(points, gt[b, g]).nonzero().flatten()
+        claim[b, g, cand[align[b, g, cand].argsort(descending=True)[:topk]]] = True
+    for b, a in claim.any(dim=1).nonzero().tolist():
+        best = torch.where(claim[b, :, a], iou[b, :, a], -1.0).argmax()
+        claim[b, :, a] = False
+        claim[b, best, a] = True
+    quality = torch.zeros(batch, num_points)
+    for b, g in mask.nonzero().tolist():
+        a = claim[b, g].nonzero().flatten()
+        t = align[b, g, a]
+        quality[b, a] = t / t.max() * iou[b, g, a].max()
+    return claim.any(dim=1), claim.to(torch.uint8).argmax(dim=1), quality
+
+
+def test_assignment_without_tiny_boxes_matches_inside_only_reference() -> None:
+    points, strides = _levels()
+    gen = torch.Generator().manual_seed(3)
+    xy = torch.rand(3, 6, 2, generator=gen) * torch.tensor([70.0, 40.0])
+    wh = 10 + torch.rand(3, 6, 2, generator=gen) * 30
+    boxes = [torch.cat([xy[i, : 2 + 2 * i], (xy + wh)[i, : 2 + 2 * i]], dim=1) for i in range(3)]
+    labels = [torch.randint(0, K, (len(b),), generator=gen) for b in boxes]
+    gt, gt_labels, mask = pad_targets(boxes, labels)
+    for b, g in mask.nonzero().tolist():
+        assert _inside(points, gt[b, g]).any()  # no fallback needed anywhere
+    scores = torch.rand(3, points.shape[0], K, generator=gen)
+    preds = _level_preds(points, strides, 3)
+    out = TaskAlignedAssigner()(scores, preds, points, gt, gt_labels, mask, strides)
+    fg, gt_index, quality = _inside_only(scores, preds, points, gt, gt_labels, mask)
+    assert torch.equal(out.fg, fg) and out.fg.any()
+    assert torch.equal(out.gt_index[fg], gt_index[fg])
+    torch.testing.assert_close(out.scores.sum(-1), quality)

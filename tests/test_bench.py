@@ -14,6 +14,7 @@ from perception.benchmark.speed import timed
 from perception.cli import main
 from perception.data.synthetic.writer import write_dataset
 from perception.errors import PerceptionError
+from perception.training.precision import cpu_has_native_bf16
 
 
 def test_bench_times_every_runtime_and_scores_each(
@@ -35,9 +36,20 @@ def test_bench_times_every_runtime_and_scores_each(
             row = rows[(variant, batch)]
             assert row["latency_ms"] > 0 and row["images_per_s"] > 0
         assert rows[(variant, 1)]["metrics"]["num_images"] == 6  # scored at batch 1
-    assert rows[("train model-only", 2)]["images_per_s"] > 0
-    assert rows[("train end-to-end", 2)]["images_per_s"] > 0
-    assert set(report["ratios"]) >= {"ort_fp32_vs_torch_fp32", "ort_int8_vs_ort_fp32"}
+    default = "bf16 channels_last" if cpu_has_native_bf16() else "fp32 channels_last"
+    trained = ["fp32", "fp32 channels_last", *(["bf16 channels_last"] * cpu_has_native_bf16())]
+    for setting in trained:
+        assert rows[(f"train model-only {setting}", 2)]["images_per_s"] > 0
+    assert [v for v, _ in rows if v.startswith("train end-to-end")] == [
+        f"train end-to-end {default}"
+    ]
+    assert rows[(f"train end-to-end {default}", 2)]["images_per_s"] > 0
+    assert set(report["ratios"]) >= {
+        "ort_fp32_vs_torch_fp32",
+        "ort_int8_vs_ort_fp32",
+        "train_end_to_end_vs_model_only",
+        "train_fp32_channels_last_vs_fp32",
+    }
     # the same weights in every runtime: fp32 accuracy must agree with eager exactly enough
     torch_m, ort_m = (
         rows[("torch eager fp32", 1)]["metrics"],

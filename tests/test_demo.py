@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import SPEC_KEYS, write_tiny_release
+from conftest import EVAL_KEYS, write_tiny_release
 
 from perception.cli import main
 from perception.demo import find_weights, run_demo
@@ -37,7 +37,7 @@ def test_demo_writes_overlays_sheet_and_spec_metrics(
     ]
     sheet = cv2.imread(str(out / "demo.jpg"))
     assert sheet.shape == (3 * 64, 2 * 96, 3)  # rows of ground truth | prediction
-    assert list(json.loads((out / "metrics.json").read_text())) == SPEC_KEYS
+    assert list(json.loads((out / "metrics.json").read_text())) == EVAL_KEYS
     assert cv2.imread(str(out / "source" / "a.jpg")).shape == (70, 110, 3)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["scenes"] == 3 and summary["source_images"] == 1

@@ -18,7 +18,7 @@ from conftest import write_tiny_dataset
 
 from perception.errors import PerceptionError
 from perception.export import NMSConfig, export_onnx, quantize_int8, read_metadata, verify_onnx
-from perception.export.onnx import example_images
+from perception.export.onnx import example_camera, example_images, graph_feed
 from perception.models import ModelConfig, MultiTaskModel, build_model
 from perception.ops.points import dense_points
 from perception.postprocess.detection import postprocess_detections
@@ -27,11 +27,14 @@ SIZE = (64, 96)
 CLASSES = ["car", "pedestrian", "cyclist", "truck", "sign"]
 
 
-def _run(path: Path, images: torch.Tensor) -> dict[str, np.ndarray]:
-    """onnxruntime CPU outputs by name."""
+def _run(
+    path: Path, images: torch.Tensor, camera: torch.Tensor | None = None
+) -> dict[str, np.ndarray]:
+    """onnxruntime CPU outputs by name (a camera-aware graph gets ``camera`` or a default)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {"images": images.numpy()}), strict=True))
+    feed = graph_feed(session, images.numpy(), None if camera is None else camera.numpy())
+    return dict(zip(names, session.run(names, feed), strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +54,11 @@ def test_fp32_export_matches_eager_on_a_second_input(
 ) -> None:
     images = example_images(SIZE, 1, seed=7)  # not the export input (seed 0)
     diffs = verify_onnx(fp32_path, model, images)
-    assert set(diffs) == {"cls_logits", "box_dist", "seg_logits", "depth_log"}
+    assert set(diffs) == {"cls_logits", "box_dist", "seg_logits", "depth_log", "depth"}
     assert all(max_abs < 1e-3 for max_abs, _ in diffs.values())
     onnx.checker.check_model(str(fp32_path), full_check=True)
     session = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert [i.name for i in session.get_inputs()] == ["images", "camera"]
     with pytest.raises(PerceptionError, match="does not fit"):  # static batch of 1
         verify_onnx(fp32_path, model, example_images(SIZE, 2, seed=7), full_check=False)
 
@@ -66,8 +69,43 @@ def test_metadata_round_trips(fp32_path: Path, model: MultiTaskModel) -> None:
     assert meta["image_size"] == list(SIZE)
     assert meta["mean"] == pytest.approx(model.mean.flatten().tolist())
     assert meta["std"] == pytest.approx(model.std.flatten().tolist())
-    assert meta["output_names"] == ["cls_logits", "box_dist", "seg_logits", "depth_log"]
+    assert meta["output_names"] == ["cls_logits", "box_dist", "seg_logits", "depth_log", "depth"]
+    assert meta["input_names"] == ["images", "camera"]
+    assert meta["canonical_focal"] == model.canonical_focal > 0
     assert meta["nms"] is None and meta["precision"] == "fp32" and meta["version"]
+
+
+def test_onnx_metric_depth_follows_the_camera_like_torch(
+    fp32_path: Path, model: MultiTaskModel
+) -> None:
+    """Two different cameras: onnxruntime equals torch, and depth = exp(depth_log) * f / f_c."""
+    images = example_images(SIZE, 1, seed=8)
+    with torch.no_grad():
+        depth_log = model(images).depth_log  # [1, 1, H, W] canonical log depth
+    depths = []
+    for focal in (0.6, 1.4):  # network-pixel focal = focal x W
+        camera = example_camera(SIZE, 1, focal)
+        got = _run(fp32_path, images, camera)
+        expected = depth_log.exp() * (focal * SIZE[1]) / model.canonical_focal
+        np.testing.assert_allclose(got["depth"], expected.numpy(), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(got["depth_log"], depth_log.numpy(), rtol=1e-3, atol=1e-4)
+        depths.append(got["depth"])
+    np.testing.assert_allclose(depths[1] / depths[0], 1.4 / 0.6, rtol=1e-4)
+
+
+def test_camera_blind_model_exports_without_a_camera_input(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="resnet18", neck_width=16, head_width=16, canonical_focal=0.0)
+    blind = build_model(cfg).eval()
+    path = export_onnx(blind, tmp_path / "blind.onnx", image_size=SIZE)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    images = example_images(SIZE, 1, seed=2)
+    got = _run(path, images)
+    with torch.no_grad():
+        expected = blind(images).depth_log.exp()
+    np.testing.assert_allclose(got["depth"], expected.numpy(), rtol=1e-3, atol=1e-4)
+    verify_onnx(path, blind)
 
 
 def test_tampered_weight_fails_verification_naming_the_output(
@@ -84,9 +122,13 @@ def test_dynamic_batch_runs_at_batch_1_and_3(model: MultiTaskModel, tmp_path: Pa
     path = export_onnx(model, tmp_path / "dyn.onnx", image_size=SIZE, dynamic_batch=True)
     for batch in (1, 3):
         images = example_images(SIZE, batch, seed=10 + batch)
-        got = _run(path, images)
+        camera = example_camera(SIZE, batch, 0.8) * torch.linspace(0.9, 1.1, batch)[:, None]
+        got = _run(path, images, camera)
         with torch.no_grad():
             ref = model(images)
+        scale = (camera[:, 0] * camera[:, 1]).sqrt() / model.canonical_focal  # [B]
+        expected = ref.depth_log.exp() * scale[:, None, None, None]
+        np.testing.assert_allclose(got["depth"], expected.numpy(), rtol=1e-3, atol=1e-4)
         for name, value in ref._asdict().items():
             assert got[name].shape == tuple(value.shape)
             np.testing.assert_allclose(got[name], value.numpy(), rtol=1e-3, atol=1e-4)

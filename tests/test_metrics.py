@@ -8,10 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import SPEC_KEYS
+from conftest import EVAL_KEYS
 
 from perception.structures import Batch, Detections, HeadOutputs
 from perception.training.metrics import (
+    AREA_KEYS,
     DepthEvaluator,
     DetectionEvaluator,
     MetricsSuite,
@@ -63,13 +64,15 @@ def _random_split(seed: int, num_images: int = 20):
     return dets, gt_boxes, gt_labels
 
 
-def _coco_reference(dets, gt_boxes, gt_labels) -> dict[str, float]:
+def _coco_reference(dets, gt_boxes, gt_labels, scales=None) -> dict[str, float]:
     from faster_coco_eval import COCO, COCOeval_faster
 
-    gt, results = to_coco(dets, gt_boxes, gt_labels, NUM_CLASSES)
+    gt, results = to_coco(dets, gt_boxes, gt_labels, NUM_CLASSES, scales)
     quiet = logging.getLogger("faster_coco_eval_test").debug
     coco_gt = COCO(gt, print_function=quiet)
     coco_dt = coco_gt.loadRes(results)
+    for ann in coco_dt.dataset["annotations"] if scales is not None else []:
+        ann["area"] /= float(scales[ann["image_id"] - 1]) ** 2  # loadRes: network pixels
     ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=quiet)
     ev.evaluate()
     ev.accumulate()
@@ -79,6 +82,11 @@ def _coco_reference(dets, gt_boxes, gt_labels) -> dict[str, float]:
         "det/mAP50": float(ev.stats[1]),
         "det/mAP50_95": float(ev.stats[0]),
         "det/recall": float(recall[recall > -1].mean()),
+        # APs, APm, APl (maxDets 100); -1 = no ground truth in the range
+        **{
+            k: float(v) if v > -1 else math.nan
+            for k, v in zip(AREA_KEYS, ev.stats[3:6], strict=True)
+        },
     }
 
 
@@ -87,12 +95,65 @@ def test_detection_map_agrees_with_faster_coco_eval(seed):
     dets, gt_boxes, gt_labels = _random_split(seed)
     if seed == 3:  # coarse scores: many ties across images and classes
         dets = [Detections(d.boxes, torch.round(d.scores * 5) / 5, d.labels) for d in dets]
+    # letterbox scales: 4..60 px boxes straddle 32^2 and 96^2 source pixels (seed 0: none)
+    scales = None if seed == 0 else np.random.default_rng(seed).choice([1.0, 0.5, 0.3], 20)
     ev = DetectionEvaluator()
-    ev.update(dets, gt_boxes, gt_labels, [True] * len(dets))
-    ours, ref = ev.compute(), _coco_reference(dets, gt_boxes, gt_labels)
+    ev.update(dets, gt_boxes, gt_labels, [True] * len(dets), scales=scales)
+    ours, ref = ev.compute(), _coco_reference(dets, gt_boxes, gt_labels, scales)
+    assert list(ours) == ["det/mAP50", "det/mAP50_95", "det/recall", *AREA_KEYS]
     assert 0.1 < ref["det/mAP50_95"] < ref["det/mAP50"] < 0.95  # a non-trivial case
-    for key in ref:
-        assert ours[key] == pytest.approx(ref[key], abs=1e-3), key
+    for key in ref:  # the area ranges agree to rounding
+        tol = 1e-9 if key in AREA_KEYS else 1e-3
+        assert ours[key] == pytest.approx(ref[key], abs=tol, nan_ok=True), key
+    for key in AREA_KEYS[: 3 if seed else 2]:  # every range populated (scale 1: no large)
+        assert 0.05 < ref[key] < 0.95, key
+
+
+def _xyxy(*boxes: tuple[float, float, float, float]) -> torch.Tensor:
+    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+
+
+def test_detection_small_missed_large_found():
+    large = ((40.0, 0.0, 150.0, 100.0), (0.0, 110.0, 100.0, 220.0))  # 11000 px^2 each
+    gt_boxes = [_xyxy((0.0, 0.0, 20.0, 20.0), *large)]  # 400 px^2: small
+    dets = [Detections(_xyxy(*large), torch.tensor([0.9, 0.8]), torch.tensor([0, 0]))]
+    ev = DetectionEvaluator()
+    ev.update(dets, gt_boxes, [torch.tensor([0, 0, 0])], [True])
+    ours = ev.compute()
+    assert ours["det/mAP_small"] == 0.0 and ours["det/mAP_large"] == 1.0
+    assert math.isnan(ours["det/mAP_medium"])  # no ground truth in range: NaN
+    ref = _coco_reference(dets, gt_boxes, [torch.tensor([0, 0, 0])])
+    assert ours == pytest.approx(ref, abs=1e-12, nan_ok=True)
+    # at letterbox scale 0.25 a found 30 x 30 box is 14400 source px^2 (large), and a
+    # missed 5 x 5 one 400 (small); at scale 1 the found box would count as small
+    gt_boxes = [_xyxy((0.0, 0.0, 5.0, 5.0), (10.0, 0.0, 40.0, 30.0))]
+    gt_labels = [torch.tensor([0, 0])]
+    dets = [Detections(gt_boxes[0][1:], torch.tensor([0.9]), torch.tensor([0]))]
+    for scales, small, large in (([0.25], 0.0, 1.0), (None, 0.5, math.nan)):
+        ev = DetectionEvaluator()
+        ev.update(dets, gt_boxes, gt_labels, [True], scales=scales)
+        ours = ev.compute()
+        assert ours["det/mAP_small"] == pytest.approx(small, abs=0.01)
+        assert ours["det/mAP_large"] == pytest.approx(large, nan_ok=True)
+        assert ours == pytest.approx(
+            _coco_reference(dets, gt_boxes, gt_labels, scales), abs=1e-12, nan_ok=True
+        )
+
+
+def test_detection_area_range_prefers_the_counted_ground_truth():
+    """A 1089 px^2 detection overlaps a small (992) and a medium (1122) GT with IoU .911 and
+    .914: in each range it matches the counted GT, as COCO does, not the higher IoU; a
+    GT of exactly 32^2 counts as small and medium (COCO's ranges are closed)."""
+    gt_boxes = [_xyxy((0.0, 0.0, 31.0, 32.0), (1.0, 0.0, 34.0, 34.0), (50.0, 0.0, 82.0, 32.0))]
+    gt_labels = [torch.tensor([1, 1, 2])]
+    boxes = _xyxy((0.0, 0.0, 33.0, 33.0), (50.0, 0.0, 82.0, 32.0))
+    dets = [Detections(boxes, torch.tensor([0.9, 0.8]), torch.tensor([1, 2]))]
+    ev = DetectionEvaluator()
+    ev.update(dets, gt_boxes, gt_labels, [True])
+    ours = ev.compute()
+    assert ours["det/mAP_small"] == pytest.approx((0.9 + 1.0) / 2)  # IoU .911 < 0.95
+    assert ours["det/mAP_medium"] == pytest.approx((0.9 + 1.0) / 2)
+    assert ours == pytest.approx(_coco_reference(dets, gt_boxes, gt_labels), abs=1e-12, nan_ok=True)
 
 
 def test_detection_iou_exactly_at_a_threshold_matches_like_coco():
@@ -104,7 +165,7 @@ def test_detection_iou_exactly_at_a_threshold_matches_like_coco():
     ev.update(dets, gt_boxes, gt_labels, [True])
     ours, ref = ev.compute(), _coco_reference(dets, gt_boxes, gt_labels)
     assert ours["det/mAP50"] == 1.0
-    assert ours == pytest.approx(ref, abs=1e-12)
+    assert ours == pytest.approx(ref, abs=1e-12, nan_ok=True)
 
 
 def test_perfect_predictions_score_one():
@@ -114,7 +175,9 @@ def test_perfect_predictions_score_one():
     ]
     ev = DetectionEvaluator()
     ev.update(dets, gt_boxes, gt_labels, [True] * len(dets))
-    assert ev.compute() == {"det/mAP50": 1.0, "det/mAP50_95": 1.0, "det/recall": 1.0}
+    out = ev.compute()
+    assert math.isnan(out.pop("det/mAP_large"))  # 4..60 px boxes at scale 1: none large
+    assert out == dict.fromkeys(["det/mAP50", "det/mAP50_95", "det/recall", *AREA_KEYS[:2]], 1.0)
 
 
 def test_detection_accumulation_and_unlabeled_images():
@@ -283,11 +346,12 @@ def test_metrics_suite_keys_perfect_scores_and_nan_for_unlabeled():
         batch = _batch(2, labeled=labeled)
         suite.update(_perfect_outputs(batch, points, strides), batch, points, strides)
     out = suite.compute()
-    assert list(out) == SPEC_KEYS and out["num_images"] == 4
+    assert list(out) == EVAL_KEYS and out["num_images"] == 4
     for key in (
         "det/mAP50",
         "det/mAP50_95",
         "det/recall",
+        "det/mAP_small",  # 16 x 16 boxes at letterbox scale 1
         "lane/iou",
         "lane/acc",
         "lane/acc_balanced",
@@ -302,3 +366,17 @@ def test_metrics_suite_keys_perfect_scores_and_nan_for_unlabeled():
     out = suite.compute()
     assert out["num_images"] == 2
     assert all(math.isnan(v) for k, v in out.items() if k != "num_images")
+
+
+def test_metrics_suite_measures_areas_in_source_pixels():
+    from perception.ops.points import dense_points, level_sizes
+
+    points, strides = dense_points(level_sizes((32, 64), (8, 16, 32)), (8, 16, 32))
+    for scale, key in ((1.0, "det/mAP_small"), (0.25, "det/mAP_medium")):  # 256 px^2 boxes
+        batch = _batch(2)
+        batch.letterbox[:, 0] = scale  # source pixels = network pixels / scale
+        suite = MetricsSuite()
+        suite.update(_perfect_outputs(batch, points, strides), batch, points, strides)
+        out = suite.compute()
+        assert out[key] == pytest.approx(1.0), scale
+        assert sum(math.isnan(out[k]) for k in AREA_KEYS) == 2, scale

@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import SPEC_KEYS
+from conftest import EVAL_KEYS
 
 from perception.cli import main
 from perception.data.datamodule import PerceptionDataModule
@@ -20,7 +20,7 @@ from perception.training.module import PerceptionModule, combined_score
 from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
 
 SIZE = (96, 160)
-TINY = dict(backbone="resnet18", neck_width=32, head_width=32, ema_decay=0.0)
+TINY = dict(net=dict(backbone="resnet18", neck_width=32, head_width=32), ema_decay=0.0)
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +73,7 @@ def test_tiny_model_overfits_32_synthetic_images(synth32: Path):
     )
     recorder = LossRecorder()
     trainer = L.Trainer(
-        max_steps=240,
+        max_steps=300,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
@@ -162,14 +162,14 @@ def test_fit_checkpoints_resume_and_eval(synth32: Path, tmp_path: Path, capsys):
     table = capsys.readouterr().out
     assert "det/mAP50_95" in table and "depth/abs_rel" in table
     metrics = json.loads(out_json.read_text())
-    assert list(metrics) == SPEC_KEYS and metrics["num_images"] == 8
+    assert list(metrics) == EVAL_KEYS and metrics["num_images"] == 8
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         (["--model.not_a_key", "1"], "not_a_key"),
-        (["--model.backbone", "resnet181"], "resnet18"),
+        (["--model.net.backbone", "resnet181"], "resnet18"),
         (["--model.optimizer", "adamx"], "adamw"),
     ],
 )

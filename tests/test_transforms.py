@@ -202,7 +202,8 @@ def test_boxes_mostly_out_of_view_are_dropped_labels_stay_aligned():
 
 def test_unlabeled_tasks_stay_none_and_empty_boxes_stay_empty():
     bare = Sample(id="bare", image=scene().image)
-    out = SampleTransform((48, 96), AugmentConfig(weather_p=1.0))(bare, np.random.default_rng(0))
+    augment = AugmentConfig(weather_p=1.0)
+    out = SampleTransform((48, 96), augment, default_hfov=None)(bare, np.random.default_rng(0))
     for name in ("boxes", "labels", "lane", "drivable", "depth", "camera"):
         assert getattr(out, name) is None, name
     assert out.valid.shape == (48, 96) and out.letterbox is not None

@@ -6,7 +6,9 @@ Rows, all at the weights' input size unless ``size`` is given:
   (throughput);
 - ``onnxruntime fp32``, ``fp16`` and ``int8`` (static QDQ, calibrated on ``calib``)
   exports of the same weights, CPU only;
-- with ``train_steps``: training throughput model-only and end-to-end on ``data``.
+- with ``train_steps``: training throughput model-only in fp32, fp32 channels_last and
+  (on a GPU or a CPU with native bf16) bf16 channels_last, and end-to-end for the setting
+  ``perception train`` picks by default, on ``data``.
 
 With ``data``, each inference runtime is also scored on the first ``eval_images`` of that
 dataset (``perception eval``'s metrics), so a speed-up is never read without its cost;
@@ -29,6 +31,7 @@ import torch
 from perception.benchmark.speed import Row, onnx_inference, torch_inference, training_throughput
 from perception.checkpoints import load_model
 from perception.errors import PerceptionError
+from perception.training.precision import cpu_has_native_bf16
 
 ACCURACY_KEYS = ("det/mAP50", "det/mAP50_95", "lane/iou", "drivable/miou", "depth/abs_rel")
 
@@ -118,8 +121,30 @@ def _train_rows(loaded, data, size, batch, dev, steps, workers) -> list[Row]:
         pin_memory=dev.type == "cuda",
     )
     dm.setup("fit")
-    model = copy.deepcopy(loaded.model)  # trained further in place; the release is untouched
-    return list(training_throughput(model, dm.train_dataloader(), dev, steps))
+    rows = []
+    for precision, channels_last, end_to_end in training_settings(dev):
+        model = copy.deepcopy(loaded.model)  # trained further in place; release untouched
+        rows += training_throughput(
+            model,
+            dm.train_dataloader(),
+            dev,
+            steps,
+            precision=precision,
+            channels_last=channels_last,
+            end_to_end=end_to_end,
+        )
+    return rows
+
+
+def training_settings(dev: torch.device) -> list[tuple[str, bool, bool]]:
+    """``(precision, channels_last, end_to_end)`` rows to time: the layouts and precisions
+    a user can choose, end-to-end for the one ``perception train`` picks by default."""
+    if dev.type == "cuda":
+        return [("fp32", True, False), ("bf16", True, True)]
+    settings = [("fp32", False, False), ("fp32", True, not cpu_has_native_bf16())]
+    if cpu_has_native_bf16():
+        settings.append(("bf16", True, True))
+    return settings
 
 
 def _ratios(rows: list[Row]) -> dict[str, float]:
@@ -134,10 +159,19 @@ def _ratios(rows: list[Row]) -> dict[str, float]:
     for key, (fast, base) in pairs.items():
         if (fast, 1) in by and (base, 1) in by:
             out[key] = round(by[(base, 1)].latency_ms / by[(fast, 1)].latency_ms, 2)
-    e2e = [r for r in rows if r.variant == "train end-to-end"]
-    only = [r for r in rows if r.variant == "train model-only"]
-    if e2e and only:
-        out["train_end_to_end_vs_model_only"] = round(e2e[0].images_per_s / only[0].images_per_s, 2)
+    train = {
+        r.variant.removeprefix("train "): r.images_per_s
+        for r in rows
+        if r.variant.startswith("train ")
+    }
+    e2e = [k for k in train if k.startswith("end-to-end")]
+    if e2e and f"model-only {e2e[0].removeprefix('end-to-end ')}" in train:
+        only = train[f"model-only {e2e[0].removeprefix('end-to-end ')}"]
+        out["train_end_to_end_vs_model_only"] = round(train[e2e[0]] / only, 2)
+    for fast in ("fp32 channels_last", "bf16 channels_last"):
+        if f"model-only {fast}" in train and "model-only fp32" in train:
+            key = f"train_{fast.replace(' ', '_')}_vs_fp32"
+            out[key] = round(train[f"model-only {fast}"] / train["model-only fp32"], 2)
     return out
 
 

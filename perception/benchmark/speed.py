@@ -94,10 +94,10 @@ def onnx_inference(
     iters: int = 20,
 ) -> Row:
     """onnxruntime CPU session on a ``[batch, 3, H, W]`` input (the graph's fixed size)."""
-    from perception.export.onnx import INPUT_NAME, cpu_session
+    from perception.export.onnx import cpu_session, graph_feed
 
     session = cpu_session(path, threads)
-    feed = {INPUT_NAME: np.random.default_rng(0).random((batch, 3, *size), dtype=np.float32)}
+    feed = graph_feed(session, np.random.default_rng(0).random((batch, 3, *size), np.float32))
     seconds = timed(lambda: session.run(None, feed), warmup, iters)
     return _row(variant, "cpu", batch, seconds)
 
@@ -108,22 +108,34 @@ def training_throughput(
     device: torch.device,
     steps: int,
     warmup: int = 2,
-) -> tuple[Row, Row]:
-    """Training steps per second, model-only (one batch reused) and end-to-end (each step
-    loads, augments and collates a fresh batch). Both run the full multi-task loss with
-    label assignment, backward and AdamW; bf16 autocast on GPU as in training."""
-    from perception.losses import MultiTaskLoss, build_combiner
+    *,
+    precision: str = "fp32",
+    channels_last: bool = True,
+    end_to_end: bool = True,
+) -> list[Row]:
+    """Training images per second, model-only (one batch reused) and, with
+    ``end_to_end``, end-to-end (each step loads, augments and collates a fresh batch).
 
-    net = model.to(device).train()
-    loss_fn = MultiTaskLoss(build_combiner("uncertainty")).to(device)
+    Both run the full multi-task loss with label assignment, backward and AdamW, under
+    ``precision`` (``fp32`` or ``bf16`` autocast, as Lightning's ``bf16-mixed``) with the
+    model and images in ``channels_last`` memory layout or not.
+    """
+    from perception.losses import LossConfig, build_combiner, build_loss
+
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    net = model.to(device, memory_format=layout).train()
+    loss_fn = build_loss(
+        LossConfig(), build_combiner("uncertainty"), canonical_focal=net.canonical_focal
+    ).to(device)
     opt = torch.optim.AdamW([*net.parameters(), *loss_fn.parameters()], lr=1e-4)
     cuda = device.type == "cuda"
     batches = iter(loader)
+    name = f"{precision}{' channels_last' if channels_last else ''}"
 
     def step(batch) -> None:
         batch = batch.to(device)
-        images = batch.images.float().div_(255.0).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        images = batch.images.float().div_(255.0).contiguous(memory_format=layout)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             outputs = net(images)
             total, _ = loss_fn(outputs, batch, *net.points(images.shape[-2:], device))
         opt.zero_grad(set_to_none=True)
@@ -140,9 +152,15 @@ def training_throughput(
 
     fixed = next_batch()
     size = len(fixed)
-    model_only = timed(lambda: step(fixed), warmup, steps, cuda)
-    end_to_end = timed(lambda: step(next_batch()), warmup, steps, cuda)
-    return (
-        _row("train model-only", device.type, size, model_only),
-        _row("train end-to-end", device.type, size, end_to_end),
-    )
+    rows = [
+        _row(
+            f"train model-only {name}",
+            device.type,
+            size,
+            timed(lambda: step(fixed), warmup, steps, cuda),
+        )
+    ]
+    if end_to_end:
+        seconds = timed(lambda: step(next_batch()), warmup, steps, cuda)
+        rows.append(_row(f"train end-to-end {name}", device.type, size, seconds))
+    return rows

@@ -18,6 +18,7 @@ from perception.data.collate import collate
 from perception.data.datasets import V1Dataset
 from perception.data.transforms import AugmentConfig, SampleTransform
 from perception.errors import PerceptionError
+from perception.ops.camera import DEFAULT_HFOV
 from perception.structures import TASKS
 
 
@@ -66,6 +67,8 @@ class PerceptionDataModule(L.LightningDataModule):
             (pinning only applies when CUDA is available).
         augment: train-time augmentation on/off; the rest set its strength
             (see ``AugmentConfig``).
+        default_hfov: horizontal field of view (degrees) given to samples without
+            intrinsics; ``perception train`` links it to ``model.net.default_hfov``.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class PerceptionDataModule(L.LightningDataModule):
         translate: float = 0.1,
         photometric: float = 1.0,
         weather_p: float = 0.05,
+        default_hfov: float = DEFAULT_HFOV,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -110,8 +114,8 @@ class PerceptionDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         hp = self.hparams
-        train_tf = SampleTransform(self.image_size, self.augment)
-        val_tf = SampleTransform(self.image_size)
+        train_tf = SampleTransform(self.image_size, self.augment, hp.default_hfov)
+        val_tf = SampleTransform(self.image_size, default_hfov=hp.default_hfov)
         train_parts, val_parts = [], []
         for root in hp.train:
             full = V1Dataset(root, hp.classes, hp.class_map, train_tf)

@@ -11,7 +11,9 @@ There are two geometric steps, and they mean different things for depth:
 2. **Augmentation zoom** by ``s`` (training only). The network has no way to know that an
    image was zoomed: it must read distance from apparent size as if the camera were
    unchanged. An object drawn ``s`` times bigger with the same ``fx`` is ``s`` times
-   closer, so the depth target is divided by ``s`` and ``fx, fy`` stay as they are. The
+   closer, so the depth target is divided by ``s`` and ``fx, fy`` stay as they are. For a
+   camera-aware model this is exactly "focal times ``s``": the canonical target
+   ``z / s * f_c / f`` equals ``z * f_c / (s f)`` (``perception.ops.camera``). The
    principal point is where the optical axis meets the image, so it moves with the image
    (shifted by translation, mirrored by a flip: ``cx -> W - cx``).
 
@@ -43,6 +45,7 @@ import numpy as np
 import torch
 
 from perception.errors import PerceptionError
+from perception.ops.camera import DEFAULT_HFOV
 from perception.structures import Camera, Letterbox, Sample
 
 IMAGE_FILL = 114  # gray padding for the image (the usual letterbox value)
@@ -175,10 +178,7 @@ def letterbox_sample(sample: Sample, net_h: int, net_w: int) -> Sample:
     if boxes is not None:
         pad = np.array([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y], np.float32)
         boxes = (boxes.astype(np.float32) * np.float32(lb.scale) + pad).astype(np.float32)
-    cam = sample.camera
-    if cam is not None:
-        s = lb.scale
-        cam = Camera(cam.fx * s, cam.fy * s, cam.cx * s + lb.pad_x, cam.cy * s + lb.pad_y)
+    cam = sample.camera.letterboxed(lb) if sample.camera is not None else None
     return sample.replace(
         image=image,
         boxes=boxes,
@@ -303,22 +303,36 @@ class SampleTransform:
     Letterboxes to ``image_size`` (always), then augments when ``augment.enabled``. The
     result has ``valid`` and ``letterbox`` filled; unlabeled tasks stay ``None``.
 
+    A sample without intrinsics gets the centred camera of ``default_hfov`` degrees
+    (the model's default, which inference assumes too) *before* any geometry, so the
+    letterbox and zoom act on it exactly as on a calibrated camera; ``None`` leaves it
+    without one (its depth then cannot be scored by a camera-aware model).
+
     Randomness: pass ``rng`` for reproducible draws; without it each process (DataLoader
     worker) seeds its own generator from ``torch.initial_seed()``, which PyTorch makes
     distinct per worker and epoch, so workers never repeat each other's augmentations.
     """
 
-    def __init__(self, image_size: tuple[int, int], augment: AugmentConfig | None = None):
+    def __init__(
+        self,
+        image_size: tuple[int, int],
+        augment: AugmentConfig | None = None,
+        default_hfov: float | None = DEFAULT_HFOV,
+    ):
         net_h, net_w = (int(v) for v in image_size)
         if net_h <= 0 or net_w <= 0:
             raise PerceptionError(f"image_size must be two positive ints [H, W], got {image_size}")
         self.image_size = (net_h, net_w)
         self.augment = augment if augment is not None else AugmentConfig(enabled=False)
+        self.default_hfov = default_hfov
         self._compose = build_augmentation(self.augment) if self.augment.enabled else None
         self._rng: np.random.Generator | None = None
         self._pid: int | None = None
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        if sample.camera is None and self.default_hfov is not None:
+            default = Camera.from_hfov(sample.width, sample.height, self.default_hfov)
+            sample = sample.replace(camera=default)
         sample = letterbox_sample(sample, *self.image_size)
         if self._compose is None:
             return sample

@@ -5,6 +5,10 @@ Why it looks the way it does:
 - ``ExportWrapper`` returns a flat tuple of named tensors (ONNX has no NamedTuple); the raw
   outputs are exactly ``MultiTaskModel``'s, so a consumer decodes them with the same
   ``perception.postprocess`` code as PyTorch.
+- Metric depth needs the camera (``perception.ops.camera``): a camera-aware model's graph
+  takes a second input ``camera [B, 4]`` = ``(fx, fy, cx, cy)`` in network pixels (the
+  source intrinsics through the letterbox) and adds the output ``depth [B, 1, H, W]`` in
+  metres for that camera. ``depth_log`` stays the raw canonical output.
 - ``nms=True`` puts decoding + NMS in the graph for runtimes that want boxes out
   (``export/nms.py``: one ONNX ``NonMaxSuppression`` over the batch, padded outputs).
   Limits: the points are constants for the export size, so ``nms`` needs a fixed H x W;
@@ -28,6 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -41,11 +46,14 @@ from perception.checkpoints import LoadedModel, ModelMeta, load_model
 from perception.errors import PerceptionError
 from perception.export.nms import NMSConfig, detect, onnx_class_nms
 from perception.models import MultiTaskModel
+from perception.ops.camera import depth_scale
+from perception.postprocess.dense import depth_metres
 
 INPUT_NAME = "images"
+CAMERA_NAME = "camera"
 RAW_OUTPUTS: tuple[str, ...] = ("cls_logits", "box_dist", "seg_logits", "depth_log")
 DET_OUTPUTS: tuple[str, ...] = ("det_boxes", "det_scores", "det_labels", "det_count")
-DENSE_OUTPUTS: tuple[str, ...] = ("seg_logits", "depth_log")
+DENSE_OUTPUTS: tuple[str, ...] = ("seg_logits", "depth_log", "depth")
 METADATA_FORMAT = 1
 
 
@@ -53,12 +61,14 @@ METADATA_FORMAT = 1
 
 
 class ExportWrapper(nn.Module):
-    """``images [B, 3, H, W]`` float in ``[0, 1]`` -> flat tuple of named tensors.
+    """``images [B, 3, H, W]`` float in ``[0, 1]`` (+ ``camera [B, 4]`` network pixels for a
+    camera-aware model) -> flat tuple of named tensors.
 
-    Without NMS: ``(cls_logits, box_dist, seg_logits, depth_log)``, the model's raw outputs.
-    With NMS: ``(det_boxes [B, D, 4], det_scores [B, D], det_labels [B, D] int64,
-    det_count [B] int64, seg_logits, depth_log)``, ``D = max_det``, boxes xyxy in network
-    pixels, rows sorted by decreasing score and zero past ``det_count``.
+    Without NMS: ``(cls_logits, box_dist, seg_logits, depth_log, depth)``: the model's raw
+    outputs and metric depth. With NMS: ``(det_boxes [B, D, 4], det_scores [B, D],
+    det_labels [B, D] int64, det_count [B] int64, seg_logits, depth_log, depth)``,
+    ``D = max_det``, boxes xyxy in network pixels, rows sorted by decreasing score and zero
+    past ``det_count``.
     """
 
     def __init__(
@@ -77,15 +87,27 @@ class ExportWrapper(nn.Module):
             self.register_buffer("point_strides", strides, persistent=False)  # [A]
 
     @property
+    def camera_aware(self) -> bool:
+        """Whether the graph takes a ``camera`` input (metric depth depends on it)."""
+        return self.model.canonical_focal > 0
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return (INPUT_NAME, CAMERA_NAME) if self.camera_aware else (INPUT_NAME,)
+
+    @property
     def output_names(self) -> tuple[str, ...]:
         """Names of ``forward``'s outputs, in order."""
-        return RAW_OUTPUTS if self.nms is None else DET_OUTPUTS + DENSE_OUTPUTS
+        return (*RAW_OUTPUTS, "depth") if self.nms is None else DET_OUTPUTS + DENSE_OUTPUTS
 
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, images: Tensor, camera: Tensor | None = None) -> tuple[Tensor, ...]:
         out = self.model(images)
+        scale = depth_scale(camera, self.model.canonical_focal) if self.camera_aware else None
+        depth = depth_metres(out.depth_log, scale)  # [B, 1, H, W] metres
         if self.nms is None:
-            return tuple(out)
-        return (*self._detect(out.cls_logits, out.box_dist), out.seg_logits, out.depth_log)
+            return (*out, depth)
+        dets = self._detect(out.cls_logits, out.box_dist)
+        return (*dets, out.seg_logits, out.depth_log, depth)
 
     def _detect(self, cls_logits: Tensor, box_dist: Tensor) -> tuple[Tensor, ...]:
         assert self.nms is not None and self.image_size is not None
@@ -109,17 +131,21 @@ def _resolve(weights_or_model: Any, class_names: Sequence[str] | None) -> Loaded
     raise PerceptionError(f"export: expected a weights path or a model, got {weights_or_model!r}")
 
 
-def _dynamic_shapes(dynamic_batch: bool, dynamic_hw: bool) -> dict | None:
-    """``torch.export`` dims for the ``images`` input (H, W stay multiples of 32)."""
+def _dynamic_shapes(dynamic_batch: bool, dynamic_hw: bool, camera: bool) -> dict | None:
+    """``torch.export`` dims for the inputs (H, W stay multiples of 32; one batch dim)."""
     if not (dynamic_batch or dynamic_hw):
         return None
     dims: dict[int, Any] = {}
+    batch = torch.export.Dim("batch", min=1, max=1024)
     if dynamic_batch:
-        dims[0] = torch.export.Dim("batch", min=1, max=1024)
+        dims[0] = batch
     if dynamic_hw:
         dims[2] = 32 * torch.export.Dim("h32", min=1, max=128)
         dims[3] = 32 * torch.export.Dim("w32", min=1, max=128)
-    return {"images": dims}
+    shapes: dict[str, Any] = {"images": dims}
+    if camera:
+        shapes["camera"] = {0: batch} if dynamic_batch else None
+    return shapes
 
 
 def example_images(
@@ -128,6 +154,23 @@ def example_images(
     """Deterministic ``[B, 3, H, W]`` images in ``[0, 1]``; seed 0 exports, seed 1 verifies."""
     gen = torch.Generator().manual_seed(seed)
     return torch.rand((batch, 3, *image_size), generator=gen).to(dtype)
+
+
+def example_camera(image_size: tuple[int, int], batch: int = 1, focal: float = 1.0) -> Tensor:
+    """``[B, 4]`` a centred camera of focal ``focal x W`` network pixels (export/verify)."""
+    h, w = image_size
+    return torch.tensor([[focal * w, focal * w, w / 2, h / 2]]).repeat(batch, 1)
+
+
+def graph_feed(session: Any, images: np.ndarray, camera: np.ndarray | None = None) -> dict:
+    """An onnxruntime feed for ``images`` ``[B, 3, H, W]``; a camera-aware graph also gets
+    ``camera`` ``[B, 4]`` network pixels (default: a centred camera, focal = W)."""
+    feed = {INPUT_NAME: images.astype(np.float32)}
+    if CAMERA_NAME in {i.name for i in session.get_inputs()}:
+        if camera is None:
+            camera = example_camera(tuple(images.shape[-2:]), len(images)).numpy()
+        feed[CAMERA_NAME] = camera.astype(np.float32)
+    return feed
 
 
 def export_onnx(
@@ -182,15 +225,20 @@ def _export_proto(
 ) -> Any:
     """Run the dynamo exporter and return the ``onnx.ModelProto``."""
     batch = 2 if dynamic_batch else 1  # batch 1 would be specialised to a constant
-    with torch.no_grad():
+    args: tuple[Tensor, ...] = (example_images(size, batch),)
+    if wrapper.camera_aware:
+        args = (*args, example_camera(size, batch))
+    with torch.no_grad(), warnings.catch_warnings():
+        # one batch Dim shared by images and camera: the exporter notes it keeps one name
+        warnings.filterwarnings("ignore", message=".*will not be used, since it shares")
         program = torch.onnx.export(
             wrapper,
-            (example_images(size, batch),),
+            args,
             dynamo=True,
             opset_version=opset,
-            input_names=[INPUT_NAME],
+            input_names=list(wrapper.input_names),
             output_names=list(wrapper.output_names),
-            dynamic_shapes=_dynamic_shapes(dynamic_batch, dynamic_hw),
+            dynamic_shapes=_dynamic_shapes(dynamic_batch, dynamic_hw, wrapper.camera_aware),
             custom_translation_table={torch.ops.perception.class_nms.default: onnx_class_nms},
             optimize=True,
             verbose=False,
@@ -231,7 +279,13 @@ def _metadata(
         "class_names": list(meta.class_names),
         "image_size": list(size),
         "input_name": INPUT_NAME,
+        "input_names": list(wrapper.input_names),
         "input_range": [0.0, 1.0],
+        "camera_input": "(fx, fy, cx, cy) in network pixels: source intrinsics * letterbox "
+        "scale, + pad for cx, cy; depth = exp(depth_log) * sqrt(fx * fy) / canonical_focal"
+        if wrapper.camera_aware
+        else None,
+        "canonical_focal": model.canonical_focal,
         "mean": model.mean.flatten().tolist(),
         "std": model.std.flatten().tolist(),
         "normalization": "inside the graph: (images - mean) / std",
@@ -357,14 +411,29 @@ def verify_onnx(
     worst: dict[str, tuple[float, float]] = {}
     for batch in batches:
         _check_input(session, batch, onnx_path)
-        got = session.run(names, {INPUT_NAME: batch.float().numpy()})
-        with torch.no_grad():
-            ref = [t.numpy() for t in wrapper(batch.float())]
-        for name, g, r in zip(names, got, ref, strict=True):
-            _check_output(name, g, r, rtol, atol)
-            (max_abs, max_rel), (old_abs, old_rel) = _diff(g, r), worst.get(name, (0.0, 0.0))
-            worst[name] = (max(max_abs, old_abs), max(max_rel, old_rel))
+        for camera in verification_cameras(batch) if wrapper.camera_aware else [None]:
+            feed = graph_feed(session, batch.float().numpy(), _numpy(camera))
+            got = session.run(names, feed)
+            with torch.no_grad():
+                ref = [t.numpy() for t in wrapper(batch.float(), camera)]
+            for name, g, r in zip(names, got, ref, strict=True):
+                _check_output(name, g, r, rtol, atol)
+                (max_abs, max_rel), (old_abs, old_rel) = _diff(g, r), worst.get(name, (0, 0))
+                worst[name] = (max(max_abs, old_abs), max(max_rel, old_rel))
     return worst
+
+
+def verification_cameras(images: Tensor) -> list[Tensor]:
+    """Two different cameras for ``images`` ``[B, 3, H, W]``: a wide (focal 0.6 W) and a
+    long (focal 1.4 W, outside the synthetic training range) lens, off-centre."""
+    size = tuple(images.shape[-2:])
+    wide = example_camera(size, len(images), 0.6)
+    long = example_camera(size, len(images), 1.4) + torch.tensor([0.0, 0.0, 7.0, -5.0])
+    return [wide, long]
+
+
+def _numpy(tensor: Tensor | None) -> np.ndarray | None:
+    return None if tensor is None else tensor.numpy()
 
 
 def _check_input(session: Any, images: Tensor, onnx_path: str | os.PathLike) -> None:

@@ -13,7 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from perception.errors import PerceptionError
-from perception.export.onnx import INPUT_NAME, _save, _set_metadata, read_metadata
+from perception.export.onnx import (
+    CAMERA_NAME,
+    INPUT_NAME,
+    _save,
+    _set_metadata,
+    example_camera,
+    read_metadata,
+)
 
 
 class LetterboxCalibrationReader:
@@ -25,10 +32,17 @@ class LetterboxCalibrationReader:
     ranges are those of real inputs.
     """
 
-    def __init__(self, calib_dir: str | os.PathLike, image_size: tuple[int, int], num: int):
+    def __init__(
+        self,
+        calib_dir: str | os.PathLike,
+        image_size: tuple[int, int],
+        num: int,
+        camera: bool = False,
+    ):
+        """``camera``: the graph has a camera input (a camera-aware export)."""
         from perception.data.formats import v1
 
-        self.root, self.size = Path(calib_dir), image_size
+        self.root, self.size, self.camera = Path(calib_dir), image_size, camera
         records = v1.read_manifest(self.root)
         if not records:
             raise PerceptionError(f"{calib_dir}: no images to calibrate INT8 with")
@@ -43,7 +57,10 @@ class LetterboxCalibrationReader:
             image = v1.read_image(v1.resolve(self.root, rec.image))  # [H, W, 3] uint8
             canvas, _ = letterbox_image(image, *self.size)
             chw = canvas.transpose(2, 0, 1)[None].astype(np.float32) / 255.0  # [1, 3, h, w]
-            yield {INPUT_NAME: chw}
+            feed = {INPUT_NAME: chw}
+            if self.camera:  # only scales the depth output: any valid camera calibrates
+                feed[CAMERA_NAME] = example_camera(self.size).numpy()
+            yield feed
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._iter is None:
@@ -71,7 +88,10 @@ def quantize_int8(
     meta = read_metadata(fp32_onnx)
     if meta.get("precision") != "fp32":
         raise PerceptionError(f"{fp32_onnx}: INT8 needs an fp32 perception export")
-    reader = LetterboxCalibrationReader(calib_dir, tuple(meta["image_size"]), num_images)
+    camera = CAMERA_NAME in (meta.get("input_names") or [])
+    reader = LetterboxCalibrationReader(
+        calib_dir, tuple(meta["image_size"]), num_images, camera=camera
+    )
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     quantize_static(

@@ -1,8 +1,9 @@
 """Inference backends: run a letterboxed batch, return detections + dense maps.
 
 Both backends take ``[B, 3, H, W]`` float images in ``[0, 1]`` on the network canvas and
-return the same ``Raw`` triple in network pixels, so ``Predictor`` un-letterboxes them
-in one place whichever runs:
+each image's camera ``[B, 4]`` in network pixels, and return the same ``Raw`` triple in
+network pixels (depth already in metres for that camera), so ``Predictor`` un-letterboxes
+them in one place whichever runs:
 
 - ``TorchBackend``: the eager model on CPU/GPU in fp32, fp16 or bf16.
 - ``OnnxBackend``: an ``export_onnx`` file under onnxruntime. A raw export is decoded by
@@ -22,8 +23,9 @@ import torch
 
 from perception.checkpoints import LoadedModel
 from perception.errors import PerceptionError
+from perception.ops.camera import DEFAULT_HFOV, depth_scale
 from perception.ops.points import dense_points, level_sizes
-from perception.postprocess import postprocess_detections
+from perception.postprocess import depth_metres, postprocess_detections
 from perception.structures import Detections, HeadOutputs
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -43,7 +45,7 @@ class Raw(NamedTuple):
 
     detections: list[Detections]  # B x (boxes [N, 4] xyxy, scores [N], labels [N])
     seg_logits: torch.Tensor  # [B, S, H, W]
-    depth_log: torch.Tensor  # [B, 1, H, W]
+    depth: torch.Tensor  # [B, 1, H, W] metres for the camera that was passed
 
 
 class TorchBackend:
@@ -64,22 +66,25 @@ class TorchBackend:
         self.model = loaded.model.to(self.device, self.dtype).eval()
         self.image_size: tuple[int, int] = tuple(loaded.meta.image_size)
         self.class_names: list[str] = list(loaded.meta.class_names)
+        self.model_config: dict[str, Any] = dict(loaded.meta.config)
         self.points, self.strides = self.model.points(self.image_size, self.device)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, nms: NMSSettings) -> Raw:
+    def __call__(self, images: torch.Tensor, nms: NMSSettings, camera: torch.Tensor) -> Raw:
         out = self.model(images.to(self.device, self.dtype))
         dets = _decode(
             out.cls_logits, out.box_dist, self.points, self.strides, nms, self.image_size
         )
-        return Raw(dets, out.seg_logits.float().cpu(), out.depth_log.float().cpu())
+        scale = depth_scale(camera.float(), self.model.canonical_focal)  # [B]
+        depth = depth_metres(out.depth_log.float().cpu(), scale)
+        return Raw(dets, out.seg_logits.float().cpu(), depth)
 
 
 class OnnxBackend:
     """An exported ``.onnx`` file (any precision) under onnxruntime on the CPU."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        from perception.export.onnx import INPUT_NAME, cpu_session, read_metadata
+        from perception.export.onnx import CAMERA_NAME, INPUT_NAME, cpu_session, read_metadata
 
         path = Path(path)
         if not path.is_file():
@@ -89,19 +94,31 @@ class OnnxBackend:
             raise PerceptionError(f"{path}: no perception metadata; export it with perception")
         self.session, self.path = cpu_session(path, threads), path
         self.input_name = INPUT_NAME
+        inputs = {i.name for i in self.session.get_inputs()}
+        self.camera_name = CAMERA_NAME if CAMERA_NAME in inputs else None
         self.image_size: tuple[int, int] = tuple(meta["image_size"])
         self.class_names: list[str] = list(meta["class_names"])
+        self.model_config: dict[str, Any] = {
+            "canonical_focal": 0.0,  # exports before the camera input were camera-blind
+            "default_hfov": DEFAULT_HFOV,
+            **dict(meta.get("model_config") or {}),
+        }
         self.graph_nms: dict[str, Any] | None = meta.get("nms")
         self.max_batch = None if meta.get("dynamic_batch") else 1
         self.names = [o.name for o in self.session.get_outputs()]
         strides = list(meta["strides"])
         self.points, self.strides = dense_points(level_sizes(self.image_size, strides), strides)
 
-    def _run(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _run(self, images: torch.Tensor, camera: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every graph output by name, for any batch (split into single images when the
-        graph has a fixed batch of 1)."""
-        chunks = [images] if self.max_batch is None else list(images.split(self.max_batch))
-        feeds = [{self.input_name: c.float().cpu().numpy()} for c in chunks]
+        graph has a fixed batch of 1). ``camera`` ``[B, 4]`` feeds a camera-aware graph."""
+        step = len(images) if self.max_batch is None else self.max_batch
+        feeds = []
+        for start in range(0, len(images), step):
+            feed = {self.input_name: images[start : start + step].float().cpu().numpy()}
+            if self.camera_name is not None:
+                feed[self.camera_name] = camera[start : start + step].float().cpu().numpy()
+            feeds.append(feed)
         outs = [self.session.run(self.names, feed) for feed in feeds]
         return {
             name: torch.from_numpy(np.concatenate(parts))
@@ -109,22 +126,28 @@ class OnnxBackend:
         }
 
     def head_outputs(self, images: torch.Tensor) -> HeadOutputs:
-        """A raw export's outputs as the model's ``HeadOutputs`` (what metrics score)."""
+        """A raw export's outputs as the model's ``HeadOutputs`` (what metrics score).
+
+        The raw outputs do not depend on the camera (it only scales the ``depth``
+        output), so a camera-aware graph is fed the canonical camera here.
+        """
         if self.graph_nms is not None:
             raise PerceptionError(
                 f"{self.path}: an --nms export has no raw detection outputs; use a raw export"
             )
-        out = self._run(images)
+        f, (h, w) = self.model_config["canonical_focal"], self.image_size
+        camera = torch.tensor([[f, f, w / 2, h / 2]]).expand(len(images), 4)  # [B, 4]
+        out = self._run(images, camera)
         return HeadOutputs(*(out[name] for name in HeadOutputs._fields))
 
-    def __call__(self, images: torch.Tensor, nms: NMSSettings) -> Raw:
-        out = self._run(images)
+    def __call__(self, images: torch.Tensor, nms: NMSSettings, camera: torch.Tensor) -> Raw:
+        out = self._run(images, camera)
         if self.graph_nms is None:
             cls_logits, box_dist = out["cls_logits"], out["box_dist"]
             dets = _decode(cls_logits, box_dist, self.points, self.strides, nms, self.image_size)
         else:
             dets = [_graph_detections(out, i, nms) for i in range(len(images))]
-        return Raw(dets, out["seg_logits"].float(), out["depth_log"].float())
+        return Raw(dets, out["seg_logits"].float(), out["depth"].float())
 
 
 def _decode(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from perception.errors import PerceptionError
+from perception.structures import Camera
 
 
 class InputError(PerceptionError, ValueError):
@@ -139,3 +140,70 @@ def _from_tensor(tensor: torch.Tensor, where: str) -> np.ndarray:
     else:
         raise InputError(f"{where}: tensor dtype {t.dtype}; expected float in [0, 1] or uint8")
     return _channels_last_to_rgb(hwc, where)
+
+
+def resolve_cameras(
+    camera: Any, hfov: float | None, images: Sequence[np.ndarray], default_hfov: float
+) -> list[tuple[Camera, bool]]:
+    """``Predictor``'s ``camera`` / ``hfov`` arguments -> one ``(Camera, is_default)`` per
+    image, in that image's own pixels.
+
+    ``camera`` is ``(fx, fy, cx, cy)`` or a ``Camera`` for every image, or a list/tuple
+    with one such entry (or ``None``) per image; ``hfov`` (degrees) gives every image the
+    centred camera of that field of view. Without either, ``default_hfov`` is assumed.
+    """
+    if camera is not None and hfov is not None:
+        raise InputError("camera: give intrinsics or hfov, not both")
+    if hfov is not None:
+        return [(_hfov_camera(image, hfov, "hfov"), False) for image in images]
+    if camera is None or _is_single_camera(camera):
+        per_image = [camera] * len(images)
+    elif isinstance(camera, list | tuple) and all(_is_number(v) for v in camera):
+        raise InputError(f"camera: expected 4 values (fx, fy, cx, cy), got {len(camera)}")
+    elif isinstance(camera, list | tuple):
+        if len(camera) != len(images):
+            raise InputError(f"camera: {len(camera)} cameras for {len(images)} images")
+        per_image = list(camera)
+    else:
+        raise InputError(f"camera: expected (fx, fy, cx, cy), a Camera or a list, got {camera!r}")
+    out = []
+    for i, (cam, image) in enumerate(zip(per_image, images, strict=True)):
+        where = f"camera {i}" if len(images) > 1 else "camera"
+        if cam is None:
+            out.append((_hfov_camera(image, default_hfov, "default_hfov"), True))
+        else:
+            out.append((_checked_camera(cam, where), False))
+    return out
+
+
+def _is_single_camera(camera: Any) -> bool:
+    if isinstance(camera, Camera):
+        return True
+    return (
+        isinstance(camera, Sequence | np.ndarray)
+        and len(camera) == 4
+        and all(_is_number(v) for v in camera)
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool)
+
+
+def _hfov_camera(image: np.ndarray, hfov: Any, where: str) -> Camera:
+    h, w = image.shape[:2]
+    try:
+        return Camera.from_hfov(w, h, float(hfov))
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: expected degrees in (0, 180), got {hfov!r}") from None
+
+
+def _checked_camera(cam: Any, where: str) -> Camera:
+    if not _is_single_camera(cam):
+        raise InputError(f"{where}: expected (fx, fy, cx, cy) or a Camera, got {cam!r}")
+    if not isinstance(cam, Camera):
+        cam = Camera(*(float(v) for v in cam))
+    values = cam.as_array()
+    if not np.isfinite(values).all() or cam.fx <= 0 or cam.fy <= 0:
+        raise InputError(f"{where}: fx, fy must be positive and all values finite, got {cam}")
+    return cam

@@ -7,6 +7,11 @@ same function training uses) -> a backend -> ``detections_to_source`` and
     >>> p = Predictor("weights/perception-r18-synth.safetensors")
     >>> pred = p("street.jpg")
     >>> pred.boxes, pred.lane, pred.depth
+    >>> pred = p("street.jpg", camera=(1000.0, 1000.0, 640.0, 360.0))  # metric for that lens
+
+Metric depth needs the camera (``perception.ops.camera``): give intrinsics in the
+image's own pixels, or a horizontal field of view; without either the default field of
+view stored in the weights is assumed, and ``Prediction.camera`` says which was used.
 """
 
 from __future__ import annotations
@@ -29,14 +34,9 @@ from perception.inference.backends import (
     TorchBackend,
     check_graph_settings,
 )
-from perception.inference.inputs import is_batch, to_images
-from perception.postprocess import (
-    dense_to_source,
-    depth_metres,
-    detections_to_source,
-    seg_probabilities,
-)
-from perception.structures import Letterbox, Prediction
+from perception.inference.inputs import is_batch, resolve_cameras, to_images
+from perception.postprocess import dense_to_source, detections_to_source, seg_probabilities
+from perception.structures import Camera, Letterbox, Prediction
 
 BACKENDS = ("auto", "torch", "onnx")
 
@@ -108,36 +108,64 @@ class Predictor:
         """Network input ``(H, W)``; every image is letterboxed to it."""
         return self.backend.image_size
 
-    @overload
-    def __call__(self, source: list | tuple) -> list[Prediction]: ...
-    @overload
-    def __call__(self, source: Any) -> Prediction | list[Prediction]: ...
+    @property
+    def default_hfov(self) -> float:
+        """Horizontal field of view (degrees) assumed for images given without a camera."""
+        return float(self.backend.model_config["default_hfov"])
 
-    def __call__(self, source: Any) -> Prediction | list[Prediction]:
-        """Predict one input (-> ``Prediction``) or a list / ``BCHW`` tensor (-> list)."""
+    @overload
+    def __call__(
+        self, source: list | tuple, camera: Any = None, hfov: float | None = None
+    ) -> list[Prediction]: ...
+    @overload
+    def __call__(
+        self, source: Any, camera: Any = None, hfov: float | None = None
+    ) -> Prediction | list[Prediction]: ...
+
+    def __call__(
+        self, source: Any, camera: Any = None, hfov: float | None = None
+    ) -> Prediction | list[Prediction]:
+        """Predict one input (-> ``Prediction``) or a list / ``BCHW`` tensor (-> list).
+
+        Args:
+            source: see the class docstring.
+            camera: ``(fx, fy, cx, cy)`` in the original image's pixels (or a ``Camera``)
+                for every image, or a list with one per image (``None`` entries take the
+                default).
+            hfov: instead of ``camera``: the horizontal field of view in degrees (a
+                centred camera). Neither: the weights' ``default_hfov``.
+        """
         images = to_images(source, min_size=int(self.backend.strides.max()))  # coarsest stride
+        cameras = resolve_cameras(camera, hfov, images, self.default_hfov)
         step = self.batch_size if self.backend.max_batch is None else self.backend.max_batch
         preds: list[Prediction] = []
         for start in range(0, len(images), step):
-            preds += self._predict(images[start : start + step])
+            preds += self._predict(images[start : start + step], cameras[start : start + step])
         return preds if is_batch(source) else preds[0]
 
-    def _predict(self, images: list[np.ndarray]) -> list[Prediction]:
+    def _predict(
+        self, images: list[np.ndarray], cameras: list[tuple[Camera, bool]]
+    ) -> list[Prediction]:
         h, w = self.image_size
         boxed = [letterbox_image(image, h, w) for image in images]
         canvas = np.stack([c for c, _ in boxed])  # [B, H, W, 3] uint8
         batch = torch.from_numpy(canvas).permute(0, 3, 1, 2).float() / 255.0  # [B, 3, H, W]
-        raw = self.backend(batch, self.nms)
+        net_cams = [
+            c.letterboxed(lb).as_array() for (c, _), (_, lb) in zip(cameras, boxed, strict=True)
+        ]
+        raw = self.backend(batch, self.nms, torch.from_numpy(np.stack(net_cams)))  # cam [B, 4]
         return [
-            self._to_source(raw, i, lb, image)
+            self._to_source(raw, i, lb, image, cameras[i])
             for i, (image, (_, lb)) in enumerate(zip(images, boxed, strict=True))
         ]
 
-    def _to_source(self, raw: Raw, i: int, lb: Letterbox, image: np.ndarray) -> Prediction:
+    def _to_source(
+        self, raw: Raw, i: int, lb: Letterbox, image: np.ndarray, camera: tuple[Camera, bool]
+    ) -> Prediction:
         """Image ``i`` of a batch, from network to original pixels."""
         det = detections_to_source(raw.detections[i], lb)
         seg = dense_to_source(seg_probabilities(raw.seg_logits[i]), lb)  # [S, H0, W0]
-        depth = dense_to_source(depth_metres(raw.depth_log[i]), lb)[0]  # [H0, W0] metres
+        depth = dense_to_source(raw.depth[i], lb)[0]  # [H0, W0] metres
         return Prediction(
             boxes=det.boxes.numpy().astype(np.float32).reshape(-1, 4),
             scores=det.scores.numpy().astype(np.float32),
@@ -146,5 +174,7 @@ class Predictor:
             lane=seg[0].numpy(),
             drivable=seg[1].numpy() if seg.shape[0] > 1 else None,
             depth=depth.numpy(),
+            camera=camera[0].as_tuple(),
+            camera_default=camera[1],
             image=image,
         )

@@ -56,6 +56,8 @@ def save_prediction(pred: Prediction, path: Path) -> None:
         "lane": pred.lane.astype(np.float16),
         "depth": pred.depth,
     }
+    if pred.camera is not None:
+        arrays["camera"] = np.array(pred.camera, np.float32)  # (fx, fy, cx, cy) pixels
     if pred.drivable is not None:
         arrays["drivable"] = pred.drivable.astype(np.float16)
     np.savez_compressed(path, **arrays)
@@ -79,14 +81,21 @@ def predict_source(
     *,
     save_raw: bool = False,
     overwrite: bool = False,
+    camera: tuple[float, float, float, float] | None = None,
+    hfov: float | None = None,
 ) -> PredictSummary:
-    """Predict ``source`` (image, folder or video) and write overlays under ``out``."""
+    """Predict ``source`` (image, folder or video) and write overlays under ``out``.
+
+    ``camera`` (``(fx, fy, cx, cy)`` source pixels) or ``hfov`` (degrees) is the camera of
+    every image; neither: the weights' default field of view (``Predictor.__call__``).
+    """
+    lens = {"camera": camera, "hfov": hfov}
     source, out = Path(source), Path(out)
     if not source.exists():
         raise PerceptionError(f"{source}: no such file or folder")
     if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
         out.mkdir(parents=True, exist_ok=True)
-        return _predict_video(predictor, source, out, overwrite)
+        return _predict_video(predictor, source, out, overwrite, lens)
     files = image_files(source)
     targets = [_target(out / f"{f.stem}.jpg", overwrite) for f in files]  # check all first
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +103,7 @@ def predict_source(
     for file, target in tqdm(
         list(zip(files, targets, strict=True)), desc="predict", unit="img", disable=None
     ):
-        pred = predictor(file)
+        pred = predictor(file, **lens)
         _write_rgb(target, pred.plot())
         summary.outputs.append(target)
         if save_raw:
@@ -127,7 +136,7 @@ def video_frames(path: Path) -> tuple[Iterator[np.ndarray], float, int]:
 
 
 def _predict_video(
-    predictor: Predictor, source: Path, out: Path, overwrite: bool
+    predictor: Predictor, source: Path, out: Path, overwrite: bool, lens: dict
 ) -> PredictSummary:
     target = _target(out / f"{source.stem}.mp4", overwrite)
     frames, fps, count = video_frames(source)
@@ -135,7 +144,7 @@ def _predict_video(
     summary = PredictSummary(0, 0, [target])
     try:
         for frame in tqdm(frames, desc="predict", unit="frame", total=count or None, disable=None):
-            pred = predictor(frame)
+            pred = predictor(frame, **lens)
             if writer is None:
                 h, w = frame.shape[:2]
                 writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))

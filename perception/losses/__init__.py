@@ -16,7 +16,7 @@ from perception.losses.combiners import (
 )
 from perception.losses.depth import DepthLoss
 from perception.losses.detection import DetectionLoss, varifocal_loss
-from perception.losses.multitask import MultiTaskLoss
+from perception.losses.multitask import LossConfig, MultiTaskLoss, build_loss
 from perception.losses.segmentation import SegmentationLoss
 from perception.losses.terms import TaskLoss
 
@@ -28,12 +28,14 @@ __all__ = [
     "DetectionLoss",
     "DynamicWeightAverage",
     "FixedWeights",
+    "LossConfig",
     "MultiTaskLoss",
     "SegmentationLoss",
     "TaskAlignedAssigner",
     "TaskLoss",
     "UncertaintyWeights",
     "build_combiner",
+    "build_loss",
     "pad_targets",
     "varifocal_loss",
 ]

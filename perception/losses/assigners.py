@@ -67,21 +67,32 @@ class TaskAlignedAssigner:
 
     For every GT ``g`` and point ``a`` the alignment is ``t = s^alpha * IoU^beta`` with
     ``s`` the predicted probability of ``g``'s class at ``a`` and ``IoU`` between ``a``'s
-    predicted box and ``g``. Each GT takes the ``topk`` points of highest ``t`` among those
-    whose centre lies strictly inside it; a point claimed by several GTs keeps the one its
-    predicted box overlaps most. The soft classification target of a positive is
-    ``t / max_t(g) * max_IoU(g)``: the best point of each GT aims at the best IoU reached
-    for it, so the score learns to rank localisation quality (as Varifocal loss expects).
+    predicted box and ``g``. Each GT takes the ``topk`` points of highest ``t`` among its
+    candidates, the points whose centre lies strictly inside it; a point claimed by several
+    GTs keeps the one its predicted box overlaps most. The soft classification target of a
+    positive is ``t / max_t(g) * max_IoU(g)``: the best point of each GT aims at the best
+    IoU reached for it, so the score learns to rank localisation quality (as Varifocal loss
+    expects).
 
-    A GT whose box contains no point centre (smaller than the stride and off-grid) gets no
-    positive; at strides 8..32 that only affects boxes a few pixels wide.
+    A GT whose box contains no point centre (smaller than the stride, between centres)
+    would get no positive and be trained as background, yet tiny objects are the ones
+    detectors miss most. Its candidates are instead the point nearest its centre on each
+    stride level; they go through the same top-k and conflict resolution (so a tiny GT can
+    still lose a point claimed by a GT that point's box overlaps more). Its ``t`` is often
+    minute, above all at init (``IoU^beta`` of a few-pixel box), so the ratio ``t / max_t``
+    is taken without an additive eps, which would swamp it; when every claim of a GT has
+    ``t == 0`` (score or ``IoU^beta`` underflowing) the target is the point's own IoU, so a
+    positive whose predicted box overlaps its GT at all still gets a non-zero target.
 
     Memory is ``O(B * Nmax * A)`` (a few such float tensors): about 30 MB each for
     ``B=32, Nmax=50, A=5040`` (384x640 at strides 8/16/32).
     """
 
     def __init__(self, topk: int = 10, alpha: float = 1.0, beta: float = 6.0, eps: float = 1e-9):
-        """``beta`` > ``alpha`` makes localisation quality dominate point selection (TOOD)."""
+        """``beta`` > ``alpha`` makes localisation quality dominate point selection (TOOD).
+
+        ``eps`` is the margin by which a point centre must lie inside a box to count.
+        """
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
         self.topk = topk
@@ -98,6 +109,7 @@ class TaskAlignedAssigner:
         gt_boxes: torch.Tensor,
         gt_labels: torch.Tensor,
         gt_mask: torch.Tensor,
+        strides: torch.Tensor | None = None,
     ) -> Assignment:
         """Assign targets.
 
@@ -108,6 +120,8 @@ class TaskAlignedAssigner:
             gt_boxes: ``[B, N, 4]`` padded GT xyxy network pixels (``pad_targets``).
             gt_labels: ``[B, N]`` int64 class indices (any value in padding rows).
             gt_mask: ``[B, N]`` bool, True for real GT rows.
+            strides: ``[A]`` stride of each point, to find the levels of the nearest-point
+                fallback for GTs without an inside point; None = all points one level.
 
         Returns:
             ``Assignment``; all background when ``N == 0`` or an image has no real GT.
@@ -118,24 +132,26 @@ class TaskAlignedAssigner:
         scores, pred_boxes = scores.float(), pred_boxes.float()
         gt_boxes, points = gt_boxes.float(), points.float()
         gt_labels = torch.where(gt_mask, gt_labels, 0).clamp(0, num_classes - 1)
-        inside = _points_inside(points, gt_boxes) & gt_mask[:, :, None]  # [B, N, A]
+        inside = _points_inside(points, gt_boxes, self.eps) & gt_mask[:, :, None]  # [B, N, A]
+        needy = gt_mask & ~inside.any(dim=-1)  # [B, N] real GTs without an inside point
+        candidates = inside | _nearest_points(points, strides, gt_boxes, needy)  # [B, N, A]
         iou = aligned_iou(gt_boxes[:, :, None, :], pred_boxes[:, None, :, :])  # [B, N, A]
-        iou = torch.where(inside, iou, 0.0)
+        iou = torch.where(candidates, iou, 0.0)
         cls_score = torch.gather(  # [B, A, K] -> [B, K, A] -> [B, N, A]
             scores.transpose(1, 2), 1, gt_labels[:, :, None].expand(-1, -1, num_points)
         )
-        align = cls_score.pow(self.alpha) * iou.pow(self.beta)  # [B, N, A], 0 outside
-        claims = self._top_candidates(align, inside)
+        align = cls_score.pow(self.alpha) * iou.pow(self.beta)  # [B, N, A], 0 off candidates
+        claims = self._top_candidates(align, candidates)
         claims = _resolve_conflicts(claims, iou)
         return self._targets(claims, align, iou, gt_boxes, gt_labels, num_classes)
 
-    def _top_candidates(self, align: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-        """``[B, N, A]`` bool: the ``topk`` best-aligned inside points of each GT."""
+    def _top_candidates(self, align: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """``[B, N, A]`` bool: the ``topk`` best-aligned candidate points of each GT."""
         k = min(self.topk, align.shape[-1])
-        ranked = torch.where(inside, align, -1.0)  # inside points first, even at align 0
+        ranked = torch.where(candidates, align, -1.0)  # candidates first, even at align 0
         top = ranked.topk(k, dim=-1).indices  # [B, N, k]
-        chosen = torch.zeros_like(inside).scatter_(-1, top, True)
-        return chosen & inside  # fewer than k inside: topk also returned outside points
+        chosen = torch.zeros_like(candidates).scatter_(-1, top, True)
+        return chosen & candidates  # fewer than k candidates: topk also returned others
 
     def _targets(
         self,
@@ -154,9 +170,12 @@ class TaskAlignedAssigner:
         boxes = torch.gather(gt_boxes, 1, gt_index[..., None].expand(-1, -1, 4))  # [B, A, 4]
         boxes = torch.where(fg[..., None], boxes, 0.0)
         align = torch.where(claims, align, 0.0)
+        iou = torch.where(claims, iou, 0.0)
         max_align = align.amax(dim=-1, keepdim=True)  # [B, N, 1]
-        max_iou = torch.where(claims, iou, 0.0).amax(dim=-1, keepdim=True)  # [B, N, 1]
-        quality = (align * max_iou / (max_align + self.eps)).amax(dim=1)  # [B, N, A] -> [B, A]
+        max_iou = iou.amax(dim=-1, keepdim=True)  # [B, N, 1]
+        ratio = align / max_align.clamp_min(torch.finfo(align.dtype).tiny)  # no eps: t is tiny
+        quality = torch.where(max_align > 0, ratio * max_iou, iou)  # all t == 0: own IoU
+        quality = quality.amax(dim=1)  # [B, N, A] -> [B, A]
         one_hot = F.one_hot(labels, num_classes + 1)[..., :num_classes]  # [B, A, K]
         scores = one_hot.to(align.dtype) * quality[..., None]
         gt_index = torch.where(fg, gt_index, 0)
@@ -170,6 +189,33 @@ def _points_inside(points: torch.Tensor, gt_boxes: torch.Tensor, eps: float = 1e
     x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))  # each [B, N, 1]
     margin = torch.minimum(torch.minimum(x - x1, y - y1), torch.minimum(x2 - x, y2 - y))
     return margin > eps
+
+
+def _nearest_points(
+    points: torch.Tensor, strides: torch.Tensor | None, gt_boxes: torch.Tensor, needy: torch.Tensor
+) -> torch.Tensor:
+    """Fallback candidates: per stride level, the point centre nearest each needy GT's centre.
+
+    Args:
+        points: ``[A, 2]`` point centres; ``strides``: ``[A]`` or None (a single level).
+        gt_boxes: ``[B, N, 4]`` xyxy; ``needy``: ``[B, N]`` bool, the GTs that need it.
+
+    Returns:
+        ``[B, N, A]`` bool, one True per level in each needy row. Distances are computed
+        only for the needy GTs (``[M, A_l]``), so the common case costs nothing.
+    """
+    near = torch.zeros(*needy.shape, points.shape[0], dtype=torch.bool, device=points.device)
+    rows = needy.nonzero()  # [M, 2] (image, GT) pairs
+    if rows.shape[0] == 0:
+        return near
+    boxes = gt_boxes[rows[:, 0], rows[:, 1]]  # [M, 4]
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # [M, 2]
+    level_of = torch.zeros_like(points[:, 0]) if strides is None else strides.to(points)
+    for stride in level_of.unique():
+        idx = (level_of == stride).nonzero().flatten()  # [A_l] points of this level
+        dist = (centres[:, None, :] - points[idx][None, :, :]).square().sum(-1)  # [M, A_l]
+        near[rows[:, 0], rows[:, 1], idx[dist.argmin(dim=1)]] = True
+    return near
 
 
 def _resolve_conflicts(claims: torch.Tensor, iou: torch.Tensor) -> torch.Tensor:

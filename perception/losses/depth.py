@@ -1,7 +1,10 @@
 """Monocular metric depth loss: SILog + multi-scale gradient matching, on log depth.
 
-Both terms work on ``d = log(pred) - log(gt)`` (the head already outputs natural-log
-metres), over valid pixels only: ``depth > 0`` (KITTI: 0 = no measurement) and ``valid``
+Both terms work on ``d = log(pred) - log(gt)`` in metres, over valid pixels only. The head
+outputs natural-log depth for the model's canonical camera; each image's own camera turns
+it into metric depth first (``log(pred) = depth_log + log(f / f_c)``, see
+``perception.ops.camera``), which is the same as comparing with the canonical target
+``gt * f_c / f``. Valid pixels: ``depth > 0`` (KITTI: 0 = no measurement) and ``valid``
 (not padding) and ``has_depth`` of the sample. Sparse ground truth (LiDAR, ~5 % of the
 pixels) is the normal case, so nothing assumes dense maps. Invalid pixels are removed with
 ``torch.where``: their prediction changes neither the loss nor its gradient.
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from perception.losses.terms import TaskLoss
+from perception.ops.camera import depth_scale
 
 
 class DepthLoss(nn.Module):
@@ -38,9 +42,11 @@ class DepthLoss(nn.Module):
         silog_weight: float = 1.0,
         grad_weight: float = 0.5,
         num_scales: int = 4,
+        canonical_focal: float = 0.0,
         eps: float = 1e-6,
     ) -> None:
-        """``grad_weight`` 0.5 as MiDaS; ``eps`` keeps the square root differentiable."""
+        """``grad_weight`` 0.5 as MiDaS; ``eps`` keeps the square root differentiable;
+        ``canonical_focal`` is the model's (network pixels; 0 = camera-blind)."""
         super().__init__()
         if not 0.0 <= silog_lambda <= 1.0:
             raise ValueError(f"silog_lambda must lie in [0, 1], got {silog_lambda}")
@@ -50,6 +56,7 @@ class DepthLoss(nn.Module):
         self.silog_weight = silog_weight
         self.grad_weight = grad_weight
         self.num_scales = num_scales
+        self.canonical_focal = float(canonical_focal)
         self.eps = eps
 
     def forward(
@@ -58,15 +65,18 @@ class DepthLoss(nn.Module):
         depth: torch.Tensor,
         valid: torch.Tensor,
         has_depth: torch.Tensor,
+        camera: torch.Tensor | None = None,
     ) -> TaskLoss:
         """Loss of one batch.
 
         Args:
-            depth_log: ``[B, 1, h, w]`` predicted natural log of metric depth (metres);
+            depth_log: ``[B, 1, h, w]`` predicted natural log of canonical depth (metres);
                 resized bilinearly to the label size if ``(h, w)`` differs.
             depth: ``[B, H, W]`` ground-truth metres, 0 = no measurement.
             valid: ``[B, H, W]`` bool, False on padding.
             has_depth: ``[B]`` bool, per-sample task presence.
+            camera: ``[B, 4]`` ``(fx, fy, cx, cy)`` network pixels; needed unless the
+                model is camera-blind. An image whose camera is NaN is left out.
 
         Returns:
             ``TaskLoss`` with terms ``silog`` and ``grad``; exactly 0 with no valid pixel.
@@ -75,6 +85,13 @@ class DepthLoss(nn.Module):
         if pred.shape[-2:] != depth.shape[-2:]:
             pred = F.interpolate(pred, size=depth.shape[-2:], mode="bilinear", align_corners=False)
         pred = pred[:, 0]  # [B, 1, H, W] -> [B, H, W]
+        has_depth = has_depth.bool()
+        if self.canonical_focal > 0:
+            if camera is None:
+                raise ValueError("a camera-aware depth loss needs each image's camera")
+            scale = depth_scale(camera, self.canonical_focal)  # [B]
+            has_depth = has_depth & scale.isfinite() & (scale > 0)
+            pred = pred + torch.where(has_depth, scale, 1.0).log()[:, None, None]
         mask = (depth > 0) & valid & has_depth[:, None, None]  # [B, H, W]
         gt_log = torch.where(mask, depth, 1.0).float().log()
         diff = torch.where(mask, pred - gt_log, 0.0)  # [B, H, W], 0 where invalid

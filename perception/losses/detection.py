@@ -111,7 +111,7 @@ class DetectionLoss(nn.Module):
             [gt_boxes[i] for i in keep], [gt_labels[i] for i in keep], device=logits.device
         )
         target = self.assigner(
-            logits.detach().sigmoid(), pred.detach(), points, boxes, labels, mask
+            logits.detach().sigmoid(), pred.detach(), points, boxes, labels, mask, strides
         )
         norm = target.scores.sum().clamp(min=1.0)
         cls = varifocal_loss(logits, target.scores, self.vfl_alpha, self.vfl_gamma) / norm

@@ -7,9 +7,12 @@ images) and returns the scalar to back-propagate plus unweighted parts for loggi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from perception.losses.assigners import TaskAlignedAssigner
 from perception.losses.combiners import (
     COMBINED_TASKS,
     COMBINERS,
@@ -23,7 +26,85 @@ from perception.losses.segmentation import SegmentationLoss
 from perception.losses.terms import TaskLoss
 from perception.structures import Batch, HeadOutputs
 
-__all__ = ["COMBINERS", "MultiTaskLoss", "build_combiner"]
+__all__ = ["COMBINERS", "LossConfig", "MultiTaskLoss", "build_combiner", "build_loss"]
+
+
+@dataclass
+class LossConfig:
+    """The criterion's hyperparameters: the ``model.loss`` section of a training YAML.
+
+    Primitive fields only (they are stored in the checkpoint). Defaults are each task
+    loss's own; see those classes for why.
+
+    Attributes:
+        cls_weight, box_weight: detection Varifocal and IoU-loss weights (PP-YOLOE 1, 2.5).
+        box_loss: ``giou`` or ``ciou``.
+        vfl_alpha, vfl_gamma: Varifocal negative weighting ``alpha * p^gamma``.
+        assigner_topk, assigner_alpha, assigner_beta: Task-Aligned assigner: positives
+            per object and the alignment ``score^alpha * IoU^beta``.
+        lane_pos_weight, drivable_pos_weight: BCE weight of foreground pixels.
+        lane_tversky_alpha, lane_tversky_beta: Tversky false-positive / false-negative
+            weights of the lane channel (drivable uses soft Dice, 0.5 / 0.5).
+        seg_bce_weight, seg_dice_weight: weights of the two segmentation terms.
+        silog_lambda: SILog scale-invariance (1 = fully invariant, metric scale unlearnt).
+        silog_weight, depth_grad_weight: weights of the two depth terms.
+        depth_scales: resolutions of the depth gradient-matching term.
+    """
+
+    cls_weight: float = 1.0
+    box_weight: float = 2.5
+    box_loss: str = "giou"
+    vfl_alpha: float = 0.75
+    vfl_gamma: float = 2.0
+    assigner_topk: int = 10
+    assigner_alpha: float = 1.0
+    assigner_beta: float = 6.0
+    lane_pos_weight: float = 4.0
+    drivable_pos_weight: float = 1.0
+    lane_tversky_alpha: float = 0.3
+    lane_tversky_beta: float = 0.7
+    seg_bce_weight: float = 1.0
+    seg_dice_weight: float = 1.0
+    silog_lambda: float = 0.85
+    silog_weight: float = 1.0
+    depth_grad_weight: float = 0.5
+    depth_scales: int = 4
+
+
+def build_loss(
+    cfg: LossConfig, combiner: Combiner | None = None, *, canonical_focal: float = 0.0
+) -> MultiTaskLoss:
+    """The one factory: every knob of ``cfg`` reaches the task loss that uses it.
+
+    ``canonical_focal`` is the model's (``perception.ops.camera``), so the depth loss
+    compares in the same space the head predicts in.
+    """
+    assigner = TaskAlignedAssigner(
+        topk=cfg.assigner_topk, alpha=cfg.assigner_alpha, beta=cfg.assigner_beta
+    )
+    detection = DetectionLoss(
+        assigner=assigner,
+        cls_weight=cfg.cls_weight,
+        box_weight=cfg.box_weight,
+        box_loss=cfg.box_loss,
+        vfl_alpha=cfg.vfl_alpha,
+        vfl_gamma=cfg.vfl_gamma,
+    )
+    segmentation = SegmentationLoss(
+        pos_weight=(cfg.lane_pos_weight, cfg.drivable_pos_weight),
+        fn_weight=(cfg.lane_tversky_beta, 0.5),
+        fp_weight=(cfg.lane_tversky_alpha, 0.5),
+        bce_weight=cfg.seg_bce_weight,
+        dice_weight=cfg.seg_dice_weight,
+    )
+    depth = DepthLoss(
+        silog_lambda=cfg.silog_lambda,
+        silog_weight=cfg.silog_weight,
+        grad_weight=cfg.depth_grad_weight,
+        num_scales=cfg.depth_scales,
+        canonical_focal=canonical_focal,
+    )
+    return MultiTaskLoss(combiner, detection=detection, segmentation=segmentation, depth=depth)
 
 
 class MultiTaskLoss(nn.Module):
@@ -102,5 +183,7 @@ class MultiTaskLoss(nn.Module):
                 batch.has_lane,
                 batch.has_drivable,
             ),
-            "depth": self.depth(outputs.depth_log, batch.depth, batch.valid, batch.has_depth),
+            "depth": self.depth(
+                outputs.depth_log, batch.depth, batch.valid, batch.has_depth, batch.camera
+            ),
         }

@@ -38,6 +38,7 @@ class SegmentationLoss(nn.Module):
         *,
         pos_weight: Sequence[float] = (4.0, 1.0),
         fn_weight: Sequence[float] = (0.7, 0.5),
+        fp_weight: Sequence[float] | None = None,
         bce_weight: float = 1.0,
         dice_weight: float = 1.0,
         smooth: float = 1.0,
@@ -46,18 +47,28 @@ class SegmentationLoss(nn.Module):
 
         Args:
             pos_weight: BCE weight of foreground pixels per channel.
-            fn_weight: Tversky ``b`` (false-negative weight) per channel; ``a = 1 - b``.
+            fn_weight: Tversky ``b`` (false-negative weight) per channel.
+            fp_weight: Tversky ``a`` (false-positive weight) per channel; default
+                ``1 - b``, which keeps ``a + b = 1`` (``a = b = 0.5`` is soft Dice).
             bce_weight, dice_weight: weights of the two terms in the total.
             smooth: additive smoothing of the Tversky ratio (in pixels); keeps it defined
                 and its gradient bounded on images with no foreground.
         """
         super().__init__()
-        if len(pos_weight) != len(CHANNELS) or len(fn_weight) != len(CHANNELS):
-            raise ValueError(f"pos_weight and fn_weight need one value per channel {CHANNELS}")
-        if not all(0.0 <= b <= 1.0 for b in fn_weight):
-            raise ValueError(f"fn_weight must lie in [0, 1], got {tuple(fn_weight)}")
+        if fp_weight is None:
+            fp_weight = [1.0 - b for b in fn_weight]
+        if len({len(pos_weight), len(fn_weight), len(fp_weight), len(CHANNELS)}) != 1:
+            raise ValueError(
+                f"pos_weight, fn_weight and fp_weight need one value per channel {CHANNELS}"
+            )
+        if not all(0.0 <= w <= 1.0 for w in (*fn_weight, *fp_weight)):
+            raise ValueError(
+                f"Tversky weights must lie in [0, 1], got fn {tuple(fn_weight)}, "
+                f"fp {tuple(fp_weight)}"
+            )
         self.pos_weight = tuple(float(w) for w in pos_weight)
         self.fn_weight = tuple(float(b) for b in fn_weight)
+        self.fp_weight = tuple(float(a) for a in fp_weight)
         self.bce_weight = bce_weight
         self.dice_weight = dice_weight
         self.smooth = smooth
@@ -120,6 +131,6 @@ class SegmentationLoss(nn.Module):
         tp = (prob * target).sum()
         fp = (prob * (1 - target)).sum()
         fn = ((1 - prob) * target).sum()
-        beta = self.fn_weight[channel]
-        tversky = (tp + self.smooth) / (tp + (1 - beta) * fp + beta * fn + self.smooth)
+        alpha, beta = self.fp_weight[channel], self.fn_weight[channel]
+        tversky = (tp + self.smooth) / (tp + alpha * fp + beta * fn + self.smooth)
         return bce, 1.0 - tversky  # no labeled pixel: tp = fp = fn = 0, ratio exactly 1

@@ -20,6 +20,7 @@ from perception.models.backbone import Backbone
 from perception.models.heads import DepthHead, DetectionHead, LaneHead
 from perception.models.layers import check_act, check_norm
 from perception.models.necks import PAFPN
+from perception.ops.camera import DEFAULT_HFOV
 from perception.ops.points import dense_points, level_sizes
 from perception.structures import HeadOutputs
 
@@ -40,6 +41,10 @@ class ModelConfig:
         head_width, head_depth: channels of the heads; 3x3 layers per detection branch.
         act: activation name (relu, leaky_relu, prelu, elu, gelu, silu).
         norm: normalisation name (batch, group, none).
+        canonical_focal: focal length in network pixels of the canonical camera the depth
+            head predicts for (``perception.ops.camera``); 0 = camera-blind metric depth.
+        default_hfov: horizontal field of view (degrees) assumed for images that come
+            without intrinsics (a dataset without calibration, a user's photo).
     """
 
     backbone: str = "resnet18"
@@ -52,6 +57,8 @@ class ModelConfig:
     head_depth: int = 2
     act: str = "silu"
     norm: str = "batch"
+    canonical_focal: float = 500.0
+    default_hfov: float = DEFAULT_HFOV
 
     def __post_init__(self) -> None:
         """Fail on a bad value now, with the field's name, not deep inside torch later."""
@@ -61,6 +68,15 @@ class ModelConfig:
                 raise PerceptionError(f"model config: {name} must be a positive int, got {value!r}")
         check_act(self.act)
         check_norm(self.norm)
+        if isinstance(self.canonical_focal, bool) or not self.canonical_focal >= 0:
+            raise PerceptionError(
+                f"model config: canonical_focal must be >= 0 (0 = camera-blind), "
+                f"got {self.canonical_focal!r}"
+            )
+        if not 0.0 < self.default_hfov < 180.0:
+            raise PerceptionError(
+                f"model config: default_hfov must be in (0, 180) degrees, got {self.default_hfov!r}"
+            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
@@ -94,6 +110,8 @@ class MultiTaskModel(nn.Module):
         detection: DetectionHead,
         lane: LaneHead,
         depth: DepthHead,
+        *,
+        canonical_focal: float = 0.0,
     ) -> None:
         super().__init__()
         self.backbone, self.neck = backbone, neck
@@ -105,6 +123,8 @@ class MultiTaskModel(nn.Module):
         self.num_classes: int = detection.num_classes
         self.num_seg: int = lane.num_outputs
         self.size_divisor: int = max(backbone.strides)
+        # depth_log is log depth for a camera of this focal (network px); 0 = metric
+        self.canonical_focal: float = float(canonical_focal)
 
     def forward(self, images: Tensor) -> HeadOutputs:
         """``[B, 3, H, W]`` in ``[0, 1]`` -> raw ``HeadOutputs`` (see its field comments)."""
@@ -167,4 +187,5 @@ def build_model(cfg: ModelConfig) -> MultiTaskModel:
         ),
         LaneHead(neck.out_channels, scale=neck.dense_stride, drivable=cfg.drivable, **head),
         DepthHead(neck.out_channels, scale=neck.dense_stride, **head),
+        canonical_focal=cfg.canonical_focal,
     )

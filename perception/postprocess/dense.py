@@ -22,9 +22,18 @@ def seg_probabilities(seg_logits: torch.Tensor) -> torch.Tensor:
     return seg_logits.float().sigmoid()
 
 
-def depth_metres(depth_log: torch.Tensor) -> torch.Tensor:
-    """``[B, 1, H, W]`` natural log of depth -> float32 metric depth in metres (``exp``)."""
-    return depth_log.float().exp()
+def depth_metres(depth_log: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, 1, H, W]`` natural log of (canonical) depth -> float32 metres.
+
+    Args:
+        depth_log: the depth head's raw output.
+        scale: ``[B]`` canonical-to-metric factor ``f / f_c`` of each image's camera
+            (``ops.camera.depth_scale``); ``None`` for a camera-blind model (factor 1).
+    """
+    depth = depth_log.float().exp()
+    if scale is None:
+        return depth
+    return depth * scale.float().reshape(-1, 1, 1, 1)  # [B] -> [B, 1, 1, 1]
 
 
 def content_window(letterbox: Letterbox, height: int, width: int) -> tuple[int, int, int, int]:

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from perception import visualize
+from perception.ops.camera import depth_scale
 from perception.postprocess.dense import depth_metres, seg_probabilities
 from perception.postprocess.detection import postprocess_detections
 from perception.structures import Batch, HeadOutputs
@@ -30,14 +31,20 @@ def overlay_grid(
     class_names: list[str],
     count: int,
     conf: float = 0.3,
+    canonical_focal: float = 0.0,
 ) -> np.ndarray:
-    """``[count * H, W, 3]`` uint8: one prediction overlay per image, stacked."""
+    """``[count * H, W, 3]`` uint8: one prediction overlay per image, stacked.
+
+    ``canonical_focal`` is the model's (``ops.camera``): depth is drawn in metres for
+    each image's own camera.
+    """
     n = min(count, len(batch))
     dets = postprocess_detections(
         outputs.cls_logits[:n].float(), outputs.box_dist[:n].float(), points, strides, conf=conf
     )
     seg = seg_probabilities(outputs.seg_logits[:n].float()).cpu().numpy()  # [n, S, H, W]
-    depth = depth_metres(outputs.depth_log[:n].float())[:, 0].cpu().numpy()  # [n, H, W]
+    scale = depth_scale(batch.camera[:n], canonical_focal)  # [n]
+    depth = depth_metres(outputs.depth_log[:n], scale)[:, 0].cpu().numpy()  # [n, H, W]
     rows = []
     for i in range(n):
         image = batch.images[i].permute(1, 2, 0).cpu().numpy()  # [3, H, W] -> [H, W, 3]
@@ -71,6 +78,7 @@ def log_overlays(
         strides,
         list(module.hparams.class_names),
         module.hparams.overlay_images,
+        canonical_focal=module.canonical_focal,
     )
     step = module.global_step
     for logger in module.loggers:

@@ -2,8 +2,9 @@
 
 Users get ``--config``, dotted overrides (``--model.lr 1e-3``), ``--print_config`` and
 strict keys (an unknown key is an error) from jsonargparse. ``data.classes`` is linked to
-``model.class_names`` and ``data.image_size`` to ``model.image_size``, so the class list
-and input size are written once and cannot disagree.
+``model.class_names``, ``data.image_size`` to ``model.image_size`` and
+``model.net.default_hfov`` to ``data.default_hfov``, so the class list, input size and
+default camera are written once and cannot disagree.
 """
 
 from __future__ import annotations
@@ -11,29 +12,30 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from perception.data.datamodule import PerceptionDataModule
 from perception.training.module import PerceptionModule
+from perception.training.precision import default_precision
 
 
 class PerceptionCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.class_names", "data.classes")
         parser.link_arguments("data.image_size", "model.image_size")
+        parser.link_arguments("model.net.default_hfov", "data.default_hfov")
 
 
 def trainer_defaults() -> dict:
-    """bf16 mixed precision on a GPU, fp32 on the CPU; best + last checkpoints; logs.
+    """bf16 mixed precision on a GPU or a CPU with native bf16 (``training.precision``),
+    fp32 elsewhere; best + last checkpoints; logs.
 
     Called once per run, so every run gets fresh callback objects; loggers are parser
-    defaults (``class_path`` dicts) that a config may replace.
+    defaults (``class_path`` dicts) that a config may replace (as may ``trainer.precision``).
     """
-    gpu = torch.cuda.is_available()
     return {
-        "precision": "bf16-mixed" if gpu else "32-true",
+        "precision": default_precision(),
         "gradient_clip_val": 10.0,
         "default_root_dir": "runs",
         "logger": [

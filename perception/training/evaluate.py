@@ -43,11 +43,14 @@ def evaluate(
         backend = OnnxBackend(weights)
         run, image_size, class_names = backend.head_outputs, backend.image_size, backend.class_names
         points, dev = (backend.points, backend.strides), torch.device("cpu")
+        config = backend.model_config
     else:
         loaded = load_model(weights, dev)
         run, image_size = loaded.model, loaded.meta.image_size
         class_names, points = loaded.meta.class_names, loaded.model.points(image_size, dev)
-    dataset = V1Dataset(data, class_names, transform=SampleTransform(image_size))
+        config = loaded.meta.config
+    transform = SampleTransform(image_size, default_hfov=config["default_hfov"])
+    dataset = V1Dataset(data, class_names, transform=transform)
     if limit is not None:
         dataset.records = dataset.records[:limit]
     loader = DataLoader(
@@ -56,7 +59,7 @@ def evaluate(
         num_workers=workers,
         collate_fn=partial(collate, image_size=image_size),
     )
-    suite = MetricsSuite()
+    suite = MetricsSuite(canonical_focal=config["canonical_focal"])
     for batch in tqdm(loader, desc="eval", unit="batch", disable=None):
         batch = batch.to(dev)
         if len(batch) == 0:

@@ -8,20 +8,28 @@ a released checkpoint must load without unpickling custom objects.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
 
 from perception.data.synthetic.scene import CLASSES
 from perception.errors import PerceptionError
-from perception.losses.multitask import MultiTaskLoss, build_combiner
+from perception.losses.multitask import LossConfig, build_combiner, build_loss
 from perception.models import ModelConfig, build_model
 from perception.structures import TASKS, Batch, HeadOutputs
 from perception.training.ema import ModelEMA
 from perception.training.metrics import MetricsSuite
 from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
+
+T = TypeVar("T")
+# Shared default instances, never mutated (``_dataclass`` copies): a dataclass default (not
+# None) gives LightningCLI a nested ``model.net.*`` group that arguments can link to.
+DEFAULT_NET = ModelConfig()
+DEFAULT_LOSS = LossConfig()
 
 SCORE_KEYS = ("det/mAP50_95", "lane/iou", "drivable/miou", "depth/delta1")
 
@@ -35,22 +43,45 @@ def combined_score(metrics: dict[str, float]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
 
+def _dataclass(value: Any, cls: type[T], key: str) -> T:
+    """``None`` (defaults), an instance, or a dict of its fields (strict) -> a new ``cls``."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return dataclasses.replace(value)
+    if isinstance(value, Mapping):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise PerceptionError(f"{key}: unknown keys {unknown}; valid: {sorted(known)}")
+        return cls(**value)
+    raise PerceptionError(f"{key}: expected a mapping of {cls.__name__} fields, got {value!r}")
+
+
 class PerceptionModule(L.LightningModule):
-    """Multi-task training: one backbone, three heads, one composite loss."""
+    """Multi-task training: one backbone, three heads, one composite loss.
+
+    Args:
+        class_names: detection classes (``net.num_classes`` follows their count).
+        image_size: network input ``(H, W)`` (linked from ``data.image_size``).
+        net: the architecture (``ModelConfig``; YAML ``model.net``), defaults otherwise.
+        loss: the criterion's knobs (``LossConfig``; YAML ``model.loss``).
+        combiner, loss_weights: how task losses become one (``losses.combiners``).
+        optimizer, lr, weight_decay, momentum, warmup_steps: see ``training.optim``.
+        ema_decay: EMA of the weights used for validation and release (0 = off).
+        overlay_images: prediction overlays drawn at each validation (0 = off).
+
+    ``net`` and ``loss`` are typed dataclasses for the CLI (strict keys, ``--print_config``)
+    but are stored as plain dicts in the hyperparameters, so a checkpoint loads with
+    ``weights_only=True``; dicts are accepted too, which is how a checkpoint reloads.
+    """
 
     def __init__(
         self,
         class_names: Sequence[str] = CLASSES,
-        backbone: str = "resnet18",
-        pretrained: bool | str = False,
-        neck_width: int = 96,
-        neck_depth: int = 1,
-        head_width: int = 96,
-        head_depth: int = 2,
-        act: str = "silu",
-        norm: str = "batch",
-        drivable: bool = True,
         image_size: tuple[int, int] = (384, 640),
+        net: ModelConfig = DEFAULT_NET,
+        loss: LossConfig = DEFAULT_LOSS,
         combiner: str = "uncertainty",
         loss_weights: dict[str, float] | None = None,
         optimizer: str = "adamw",
@@ -66,28 +97,29 @@ class PerceptionModule(L.LightningModule):
             raise PerceptionError(
                 f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
             )
+        net_cfg = _dataclass(net, ModelConfig, "model.net")
+        net_cfg = dataclasses.replace(net_cfg, num_classes=len(class_names))
+        loss_cfg = _dataclass(loss, LossConfig, "model.loss")
+        class_names = list(class_names)  # plain values in the checkpoint (read by
+        net = dataclasses.asdict(net_cfg)  # save_hyperparameters from these locals)
+        loss = dataclasses.asdict(loss_cfg)
         self.save_hyperparameters()
-        self.hparams.class_names = list(class_names)  # a plain list in the checkpoint
-        self.model = build_model(self.model_config())
-        self.loss = MultiTaskLoss(combiner=build_combiner(combiner, weights=loss_weights))
+        self.net_config = net_cfg
+        # channels_last: the layout oneDNN (CPU) and cuDNN (GPU) convolutions run fastest in,
+        # for bf16 above all; the images are made channels_last in ``float_images``
+        self.model = build_model(net_cfg).to(memory_format=torch.channels_last)
+        self.loss = build_loss(
+            loss_cfg,
+            build_combiner(combiner, weights=loss_weights),
+            canonical_focal=net_cfg.canonical_focal,
+        )
         self.ema = ModelEMA(self.model, ema_decay) if ema_decay > 0 else None
-        self.metrics = MetricsSuite()
+        self.metrics = MetricsSuite(canonical_focal=net_cfg.canonical_focal)
         self._points: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def model_config(self) -> ModelConfig:
-        hp = self.hparams
-        return ModelConfig(
-            backbone=hp.backbone,
-            pretrained=hp.pretrained,
-            num_classes=len(hp.class_names),
-            neck_width=hp.neck_width,
-            neck_depth=hp.neck_depth,
-            head_width=hp.head_width,
-            head_depth=hp.head_depth,
-            act=hp.act,
-            norm=hp.norm,
-            drivable=hp.drivable,
-        )
+    @property
+    def canonical_focal(self) -> float:
+        return self.net_config.canonical_focal
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -121,10 +153,10 @@ class PerceptionModule(L.LightningModule):
 
     def check_labels(self, counts: dict[str, int]) -> None:
         """Refuse to train a head that no training sample has labels for."""
-        wanted = [t for t in TASKS if t != "drivable" or self.hparams.drivable]
+        wanted = [t for t in TASKS if t != "drivable" or self.net_config.drivable]
         missing = [t for t in wanted if counts.get(t, 0) == 0]
         if missing:
-            hint = " (set model.drivable: false)" if missing == ["drivable"] else ""
+            hint = " (set model.net.drivable: false)" if missing == ["drivable"] else ""
             raise PerceptionError(
                 f"the model has a {', '.join(missing)} head but no training sample is labeled "
                 f"for {' or '.join(missing)}{hint}; labeled counts: {counts}"

@@ -150,9 +150,18 @@ class Scene:
     lens: Lens | None = None
 
 
-def sample_camera(rng: np.random.Generator, height: int, width: int) -> PinholeCamera:
-    """Focal length varies across samples (0.6-1.1 x image width), as across datasets."""
-    fx = float(width * rng.uniform(0.6, 1.1))
+FOCAL_RANGE = (0.6, 1.1)  # focal length / image width: ~50-80 degrees horizontal FOV
+
+
+def sample_camera(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    focal_range: tuple[float, float] = FOCAL_RANGE,
+) -> PinholeCamera:
+    """Focal length varies across samples (``focal_range`` x image width), as across
+    datasets; a range outside the default tests how depth generalises to unseen lenses."""
+    fx = float(width * rng.uniform(*focal_range))
     return PinholeCamera(
         fx=fx,
         fy=fx * float(rng.uniform(0.98, 1.02)),
@@ -254,11 +263,16 @@ def sample_lens(rng: np.random.Generator) -> Lens:
     )
 
 
-def sample_scene(rng: np.random.Generator, height: int, width: int) -> Scene:
+def sample_scene(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    focal_range: tuple[float, float] = FOCAL_RANGE,
+) -> Scene:
     """Draw a complete scene for an image of ``height`` x ``width`` pixels."""
     from perception.data.synthetic.solids import sample_clutter, sample_objects
 
-    camera = sample_camera(rng, height, width)
+    camera = sample_camera(rng, height, width, focal_range)
     road = sample_road(rng)
     far = float(rng.uniform(120, 230))
     scene = Scene(

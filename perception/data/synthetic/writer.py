@@ -22,21 +22,26 @@ from perception.data.synthetic.render import (
     lane_label_rule,
     render,
 )
-from perception.data.synthetic.scene import CLASSES, Scene, sample_scene
+from perception.data.synthetic.scene import CLASSES, FOCAL_RANGE, Scene, sample_scene
 from perception.errors import PerceptionError
 from perception.structures import Camera
 
 
-def render_sample(seed: int, index: int, size: tuple[int, int]) -> tuple[Scene, Rendered]:
+def render_sample(
+    seed: int,
+    index: int,
+    size: tuple[int, int],
+    focal_range: tuple[float, float] = FOCAL_RANGE,
+) -> tuple[Scene, Rendered]:
     """The deterministic scene and rendering for sample ``index`` of ``seed``."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    scene = sample_scene(rng, *size)
+    scene = sample_scene(rng, *size, focal_range=focal_range)
     return scene, render(scene, rng)
 
 
-def _write_one(job: tuple[str, int, int, tuple[int, int]]) -> str:
-    root, seed, index, size = job
-    scene, out = render_sample(seed, index, size)
+def _write_one(job: tuple[str, int, int, tuple[int, int], tuple[float, float]]) -> str:
+    root, seed, index, size, focal_range = job
+    scene, out = render_sample(seed, index, size, focal_range)
     sid = f"{index:06d}"
     paths = {k: f"{k}/{sid}.png" for k in ("lane", "drivable", "depth")}
     v1.write_image(Path(root, "images", f"{sid}.jpg"), out.image, scene.lens.jpeg_quality)
@@ -64,7 +69,9 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already
 
 
-def dataset_info(seed: int, size: tuple[int, int]) -> v1.DatasetInfo:
+def dataset_info(
+    seed: int, size: tuple[int, int], focal_range: tuple[float, float] = FOCAL_RANGE
+) -> v1.DatasetInfo:
     return v1.DatasetInfo(
         name=f"synthetic-seed{seed}",
         classes=list(CLASSES),
@@ -72,6 +79,7 @@ def dataset_info(seed: int, size: tuple[int, int]) -> v1.DatasetInfo:
             "generator": "perception synth (ray-cast pinhole camera over a ground plane)",
             "seed": seed,
             "size_hw": list(size),
+            "focal_range": f"fx = U{tuple(focal_range)} x image width; fy = fx +- 2 %",
             "lane_label": lane_label_rule(),
             "drivable_label": "visible ego road surface (all lanes between the curbs)",
             "depth_label": "z-buffer depth along the optical axis in metres; sky = 0",
@@ -88,8 +96,15 @@ def write_dataset(
     size: tuple[int, int] = (384, 640),
     workers: int = 1,
     preview: str | os.PathLike | None = None,
+    focal_range: tuple[float, float] = FOCAL_RANGE,
 ) -> Path:
-    """Render ``num`` samples into ``out`` (which must not hold a dataset yet)."""
+    """Render ``num`` samples into ``out`` (which must not hold a dataset yet).
+
+    ``focal_range``: focal length as a multiple of the image width, drawn uniformly.
+    """
+    lo, hi = (float(v) for v in focal_range)
+    if not 0.0 < lo <= hi:
+        raise PerceptionError(f"focal range must be 0 < min <= max, got {tuple(focal_range)}")
     root = Path(out)
     if (root / v1.MANIFEST_FILE).exists():
         raise PerceptionError(
@@ -100,14 +115,14 @@ def write_dataset(
         raise PerceptionError(f"{root}: exists and is not a directory")
     for sub in ("images", "lane", "drivable", "depth"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    jobs = [(str(root), seed, i, tuple(size)) for i in range(num)]
+    jobs = [(str(root), seed, i, tuple(size), (lo, hi)) for i in range(num)]
     bar = dict(total=num, desc="synth", unit="img", disable=None)
     if workers > 1:
         with get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
             lines = list(tqdm(pool.imap(_write_one, jobs, chunksize=4), **bar))
     else:
         lines = [_write_one(job) for job in tqdm(jobs, **bar)]
-    v1.write_info(root, dataset_info(seed, size))
+    v1.write_info(root, dataset_info(seed, size, (lo, hi)))
     tmp = root / (v1.MANIFEST_FILE + ".tmp")
     tmp.write_text("".join(line + "\n" for line in lines))
     os.replace(tmp, root / v1.MANIFEST_FILE)
