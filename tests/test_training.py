@@ -223,3 +223,8 @@ def test_training_curves_plot_from_metrics_csv(tmp_path: Path):
     series = read_series(csv_path)
     assert series["train/det"] == [(0, 2.0), (10, 1.0)] and series["val/lane/iou"] == [(10, 0.4)]
     assert plot_curves(csv_path, tmp_path / "c.png").stat().st_size > 5000
+    resumed = tmp_path / "resumed.csv"  # a resume logs to a new CSV, other column order
+    resumed.write_text("step,epoch,train/seg,train/det\n10,0,0.6,1.1\n20,1,0.25,0.5\n")
+    series = read_series([csv_path, resumed])
+    assert series["train/det"] == [(0, 2.0), (10, 1.1), (20, 0.5)]
+    assert series["val/lane/iou"] == [(10, 0.4)]

@@ -1,6 +1,9 @@
 """Training curves from a Lightning ``metrics.csv``: per-task losses and validation metrics.
 
-``python -m perception.training.curves runs/.../metrics.csv docs/training_curves.png``
+``python -m perception.training.curves runs/.../metrics.csv [more.csv ...] docs/curves.png``
+
+A run resumed from a checkpoint logs to a new CSV; pass every part in order and the
+curves continue across the resume (a step logged twice keeps its last value).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import csv
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 # Unweighted task losses only: the combined loss of uncertainty weighting adds learned
@@ -17,19 +21,25 @@ LOSS_KEYS = ("train/det", "train/seg", "train/depth")
 VAL_KEYS = ("val/det/mAP50", "val/lane/iou", "val/drivable/miou", "val/depth/delta1", "val/score")
 
 
-def read_series(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """``key -> [(step, value)]`` for every non-empty cell of the CSV."""
-    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            step = int(row["step"])
-            for key, value in row.items():
-                if key not in ("step", "epoch") and value not in ("", None):
-                    series[key].append((step, float(value)))
-    return series
+def read_series(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+) -> dict[str, list[tuple[int, float]]]:
+    """``key -> [(step, value)]`` sorted by step, over every non-empty cell of the CSVs."""
+    paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    merged: dict[str, dict[int, float]] = defaultdict(dict)
+    for path in paths:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                step = int(row["step"])
+                for key, value in row.items():
+                    if key not in ("step", "epoch") and value not in ("", None):
+                        merged[key][step] = float(value)
+    return {key: sorted(values.items()) for key, values in merged.items()}
 
 
-def plot_curves(metrics_csv: str | os.PathLike, out: str | os.PathLike) -> Path:
+def plot_curves(
+    metrics_csv: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike
+) -> Path:
     """Two panels: training losses (log scale) and validation metrics against step."""
     import matplotlib
 
@@ -60,4 +70,6 @@ def plot_curves(metrics_csv: str | os.PathLike, out: str | os.PathLike) -> Path:
 
 
 if __name__ == "__main__":
-    print(plot_curves(sys.argv[1], sys.argv[2]))
+    if len(sys.argv) < 3:
+        sys.exit(__doc__.splitlines()[2])
+    print(plot_curves(sys.argv[1:-1], sys.argv[-1]))
