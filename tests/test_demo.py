@@ -27,7 +27,7 @@ def test_demo_writes_overlays_sheet_and_spec_metrics(
     mine.mkdir()
     cv2.imwrite(str(mine / "a.png"), np.full((70, 110, 3), 90, np.uint8))
     args = ["demo", "--weights", str(weights), "--out", str(out), "--num", "3", "--size", "64x96"]
-    assert main([*args, "--source", str(mine)]) == 0
+    assert main([*args, "--source", str(mine), "--hfov", "70"]) == 0
     printed = capsys.readouterr().out
     assert "on 3 held-out synthetic scenes" in printed and "depth/abs_rel" in printed
     assert sorted(p.name for p in (out / "overlays").iterdir()) == [

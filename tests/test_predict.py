@@ -35,7 +35,8 @@ def test_predict_image_and_folder_write_overlays_and_raw(
     (tmp_path / "in" / "notes.txt").write_text("not an image")  # ignored in a folder
     out = tmp_path / "out"
     args = ["predict", "--weights", str(weights), "--out", str(out), "--conf", "0.3"]
-    assert main([*args, "--source", str(tmp_path / "in"), "--save-raw"]) == 0
+    camera = ["--camera", "90,90,40.5,30"]  # the camera each raw file records
+    assert main([*args, "--source", str(tmp_path / "in"), "--save-raw", *camera]) == 0
     assert "predicted 2 image(s)" in capsys.readouterr().out
     for path in images:
         overlay = cv2.imread(str(out / f"{path.stem}.jpg"))
@@ -43,6 +44,7 @@ def test_predict_image_and_folder_write_overlays_and_raw(
         raw = np.load(out / f"{path.stem}.npz")
         assert raw["depth"].shape == overlay.shape[:2] and raw["boxes"].shape[1] == 4
         assert list(raw["class_names"]) == TINY_RELEASE_CLASSES
+        np.testing.assert_array_equal(raw["camera"], np.float32([90, 90, 40.5, 30]))
     # existing outputs are never replaced silently; the run fails before writing anything
     before = (out / "img0.jpg").read_bytes()
     assert main([*args, "--source", str(images[0])]) == 2

@@ -141,10 +141,9 @@ def training_settings(dev: torch.device) -> list[tuple[str, bool, bool]]:
     a user can choose, end-to-end for the one ``perception train`` picks by default."""
     if dev.type == "cuda":
         return [("fp32", True, False), ("bf16", True, True)]
-    settings = [("fp32", False, False), ("fp32", True, not cpu_has_native_bf16())]
-    if cpu_has_native_bf16():
-        settings.append(("bf16", True, True))
-    return settings
+    bf16 = cpu_has_native_bf16()
+    settings = [("fp32", False, False), ("fp32", True, not bf16)]
+    return [*settings, ("bf16", True, True)] if bf16 else settings
 
 
 def _ratios(rows: list[Row]) -> dict[str, float]:
@@ -159,15 +158,11 @@ def _ratios(rows: list[Row]) -> dict[str, float]:
     for key, (fast, base) in pairs.items():
         if (fast, 1) in by and (base, 1) in by:
             out[key] = round(by[(base, 1)].latency_ms / by[(fast, 1)].latency_ms, 2)
-    train = {
-        r.variant.removeprefix("train "): r.images_per_s
-        for r in rows
-        if r.variant.startswith("train ")
-    }
-    e2e = [k for k in train if k.startswith("end-to-end")]
-    if e2e and f"model-only {e2e[0].removeprefix('end-to-end ')}" in train:
-        only = train[f"model-only {e2e[0].removeprefix('end-to-end ')}"]
-        out["train_end_to_end_vs_model_only"] = round(train[e2e[0]] / only, 2)
+    train = {r.variant.removeprefix("train "): r.images_per_s for r in rows if "train" in r.variant}
+    for name, speed in train.items():  # end-to-end vs model-only of the same setting
+        only = train.get(name.replace("end-to-end", "model-only"))
+        if name.startswith("end-to-end") and only:
+            out["train_end_to_end_vs_model_only"] = round(speed / only, 2)
     for fast in ("fp32 channels_last", "bf16 channels_last"):
         if f"model-only {fast}" in train and "model-only fp32" in train:
             key = f"train_{fast.replace(' ', '_')}_vs_fp32"

@@ -84,7 +84,7 @@ class OnnxBackend:
     """An exported ``.onnx`` file (any precision) under onnxruntime on the CPU."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        from perception.export.onnx import CAMERA_NAME, INPUT_NAME, cpu_session, read_metadata
+        from perception.export.onnx import cpu_session, read_metadata
 
         path = Path(path)
         if not path.is_file():
@@ -93,9 +93,6 @@ class OnnxBackend:
         if "image_size" not in meta or "class_names" not in meta:
             raise PerceptionError(f"{path}: no perception metadata; export it with perception")
         self.session, self.path = cpu_session(path, threads), path
-        self.input_name = INPUT_NAME
-        inputs = {i.name for i in self.session.get_inputs()}
-        self.camera_name = CAMERA_NAME if CAMERA_NAME in inputs else None
         self.image_size: tuple[int, int] = tuple(meta["image_size"])
         self.class_names: list[str] = list(meta["class_names"])
         self.model_config: dict[str, Any] = {
@@ -109,16 +106,21 @@ class OnnxBackend:
         strides = list(meta["strides"])
         self.points, self.strides = dense_points(level_sizes(self.image_size, strides), strides)
 
-    def _run(self, images: torch.Tensor, camera: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _run(self, images: torch.Tensor, camera: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Every graph output by name, for any batch (split into single images when the
-        graph has a fixed batch of 1). ``camera`` ``[B, 4]`` feeds a camera-aware graph."""
+        graph has a fixed batch of 1). ``camera`` ``[B, 4]`` feeds a camera-aware graph
+        (``None``: ``graph_feed``'s default camera, for outputs that do not depend on it)."""
+        from perception.export.onnx import graph_feed
+
         step = len(images) if self.max_batch is None else self.max_batch
-        feeds = []
-        for start in range(0, len(images), step):
-            feed = {self.input_name: images[start : start + step].float().cpu().numpy()}
-            if self.camera_name is not None:
-                feed[self.camera_name] = camera[start : start + step].float().cpu().numpy()
-            feeds.append(feed)
+        feeds = [
+            graph_feed(
+                self.session,
+                images[i : i + step].float().cpu().numpy(),
+                None if camera is None else camera[i : i + step].float().cpu().numpy(),
+            )
+            for i in range(0, len(images), step)
+        ]
         outs = [self.session.run(self.names, feed) for feed in feeds]
         return {
             name: torch.from_numpy(np.concatenate(parts))
@@ -129,15 +131,13 @@ class OnnxBackend:
         """A raw export's outputs as the model's ``HeadOutputs`` (what metrics score).
 
         The raw outputs do not depend on the camera (it only scales the ``depth``
-        output), so a camera-aware graph is fed the canonical camera here.
+        output), so a camera-aware graph is fed a default camera here.
         """
         if self.graph_nms is not None:
             raise PerceptionError(
                 f"{self.path}: an --nms export has no raw detection outputs; use a raw export"
             )
-        f, (h, w) = self.model_config["canonical_focal"], self.image_size
-        camera = torch.tensor([[f, f, w / 2, h / 2]]).expand(len(images), 4)  # [B, 4]
-        out = self._run(images, camera)
+        out = self._run(images, None)
         return HeadOutputs(*(out[name] for name in HeadOutputs._fields))
 
     def __call__(self, images: torch.Tensor, nms: NMSSettings, camera: torch.Tensor) -> Raw:
