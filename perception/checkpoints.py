@@ -104,6 +104,32 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     return LoadedModel(model.eval().to(device), meta)
 
 
+# fields that may differ between a model and the file it starts from: the class list
+# (its head is re-initialised), where pretrained weights came from, the default camera
+_FINE_TUNABLE = {"num_classes", "pretrained", "default_hfov"}
+
+
+def init_from(model: MultiTaskModel, config: ModelConfig, path: str | os.PathLike) -> list[str]:
+    """Start ``model`` (built from ``config``) from the weights of a release or checkpoint.
+
+    This is fine-tuning: a release trained at one input size or on one dataset continues
+    at another. The architecture must be the same (a different width or backbone is an
+    error naming the fields); with a different class list the tensors whose shape changed
+    keep their fresh init. Returns the names of those tensors.
+    """
+    loaded = load_model(path)
+    ours, theirs = dataclasses.asdict(config), loaded.meta.config
+    differ = [k for k in ours if k not in _FINE_TUNABLE and ours[k] != theirs.get(k)]
+    if differ:
+        pairs = ", ".join(f"{k}: {theirs.get(k)!r} in the file, {ours[k]!r} here" for k in differ)
+        raise PerceptionError(f"{path}: cannot start from these weights ({pairs})")
+    source = loaded.model.state_dict()
+    state = model.state_dict()
+    fresh = [k for k, v in state.items() if source[k].shape != v.shape]
+    model.load_state_dict({k: source[k] for k in state if k not in fresh}, strict=False)
+    return fresh
+
+
 def save_release(model: MultiTaskModel, meta: ModelMeta, path: str | os.PathLike) -> Path:
     """Write weights + metadata as one ``.safetensors`` file (fp32 unless already cast)."""
     from safetensors.torch import save_file

@@ -131,3 +131,35 @@ def test_bf16_cpu_training_runs_steps_with_finite_losses(tmp_path: Path) -> None
     after = next(module.model.parameters())
     assert after.dtype == torch.float32 and not torch.equal(before, after)  # fp32 master weights
     assert module.model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_init_weights_starts_from_a_release_and_refuses_another_architecture(
+    tmp_path: Path,
+) -> None:
+    from conftest import TINY_RELEASE_CLASSES, write_tiny_release
+
+    from perception.checkpoints import load_model
+
+    release = write_tiny_release(tmp_path / "release.safetensors")
+    source = load_model(release).model.state_dict()
+    net = {"backbone": "resnet18", "neck_width": 16, "head_width": 16}
+
+    def module(classes: list[str], **changes) -> PerceptionModule:
+        net_cfg = {**net, **changes}
+        return PerceptionModule(classes, (64, 96), net=net_cfg, init_weights=str(release))
+
+    same = module(TINY_RELEASE_CLASSES)  # fine-tuning at another size: every tensor carries
+    for model in (same.model, same.ema.module):
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, source[k]), k
+
+    other = module(["car", "pedestrian"])  # a new class list: only the class logits start afresh
+    state = other.model.state_dict()
+    fresh = [k for k, v in state.items() if v.shape != source[k].shape]
+    assert fresh and all(k.startswith("detection.cls_pred") for k in fresh)
+    assert all(torch.equal(v, source[k]) for k, v in state.items() if k not in fresh)
+
+    with pytest.raises(PerceptionError, match="neck_width: 16 in the file, 32 here"):
+        module(TINY_RELEASE_CLASSES, neck_width=32)
+    with pytest.raises(PerceptionError, match=r"canonical_focal: 500\.0 in the file, 0\.0 here"):
+        module(TINY_RELEASE_CLASSES, canonical_focal=0.0)  # depth would mean something else

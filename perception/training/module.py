@@ -9,6 +9,7 @@ a released checkpoint must load without unpickling custom objects.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 import lightning as L
 import torch
 
+from perception.checkpoints import init_from
 from perception.data.synthetic.scene import CLASSES
 from perception.errors import PerceptionError
 from perception.losses.multitask import LossConfig, build_combiner, build_loss
@@ -24,6 +26,8 @@ from perception.structures import TASKS, Batch, HeadOutputs
 from perception.training.ema import ModelEMA
 from perception.training.metrics import MetricsSuite
 from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 # Shared default instances, never mutated (``_dataclass`` copies): a dataclass default (not
@@ -70,6 +74,9 @@ class PerceptionModule(L.LightningModule):
         optimizer, lr, weight_decay, momentum, warmup_steps: see ``training.optim``.
         ema_decay: EMA of the weights used for validation and release (0 = off).
         overlay_images: prediction overlays drawn at each validation (0 = off).
+        init_weights: a release ``.safetensors`` or ``.ckpt`` to start from (fine-tuning at
+            another input size or on other data; ``checkpoints.init_from``). Not a resume:
+            the optimizer, schedule and EMA start afresh (resume with ``--ckpt_path``).
 
     ``net`` and ``loss`` are typed dataclasses for the CLI (strict keys, ``--print_config``)
     but are stored as plain dicts in the hyperparameters, so a checkpoint loads with
@@ -91,6 +98,7 @@ class PerceptionModule(L.LightningModule):
         warmup_steps: int = 300,
         ema_decay: float = 0.9995,
         overlay_images: int = 4,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         if optimizer.lower() not in OPTIMIZERS:
@@ -107,7 +115,12 @@ class PerceptionModule(L.LightningModule):
         self.net_config = net_cfg
         # channels_last: the layout oneDNN (CPU) and cuDNN (GPU) convolutions run fastest in,
         # for bf16 above all; the images are made channels_last in ``float_images``
-        self.model = build_model(net_cfg).to(memory_format=torch.channels_last)
+        self.model = build_model(net_cfg)
+        if init_weights:
+            fresh = init_from(self.model, net_cfg, init_weights)
+            if fresh:
+                log.info("%s: %d tensors start afresh (new class list)", init_weights, len(fresh))
+        self.model = self.model.to(memory_format=torch.channels_last)
         self.loss = build_loss(
             loss_cfg,
             build_combiner(combiner, weights=loss_weights),
