@@ -86,7 +86,26 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         workers=args.workers,
         preview=args.preview,
         focal_range=tuple(args.focal_range),
+        tasks=args.tasks,
     )
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from perception.data.formats.convert import Options, convert
+
+    options = Options(
+        split=args.split,
+        lane_width=args.lane_width,
+        dontcare=args.dontcare,
+        alternative=args.alternative,
+        depth_maps=args.depth_maps,
+        limit=args.limit,
+    )
+    summary = convert(args.format, args.src, args.out, options, args.classes, args.overwrite)
+    print(f"convert: wrote {args.out}")
+    for line in summary.lines():
+        print(f"  {line}")
     return 0
 
 
@@ -331,7 +350,39 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         help="focal length as a multiple of the image width (default 0.6 1.1); e.g. "
         "1.2 1.5 renders lenses longer than any in the default training data",
     )
+    p.add_argument(
+        "--tasks",
+        type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+        default=["det", "lane", "drivable", "depth"],
+        help="labels to write, e.g. det,lane,drivable (default: all four); the others are "
+        "left out, as in a real dataset that labels only some tasks",
+    )
     p.set_defaults(func=_cmd_synth)
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    from perception.data.formats.convert import FORMATS, LANE_WIDTH
+
+    p = sub.add_parser("convert", help="convert a public driving dataset to the v1 format")
+    p.add_argument("--format", required=True, choices=FORMATS, help="the source dataset")
+    p.add_argument("--src", required=True, help="the dataset's root, as published")
+    p.add_argument("--out", required=True, help="output v1 dataset root (must be empty)")
+    p.add_argument("--split", default="train", help="train, val, test (default: train)")
+    p.add_argument("--classes", default=None, help="class map YAML (default: the five classes)")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset at --out")
+    p.add_argument("--limit", type=_positive_int, default=None, help="first N samples only")
+    p.add_argument("--lane-width", type=_positive_int, default=LANE_WIDTH, help="lane px")
+    p.add_argument(
+        "--dontcare", choices=("drop", "ignore"), default="drop", help="KITTI DontCare boxes"
+    )
+    p.add_argument(
+        "--alternative",
+        choices=("drivable", "background", "ignore"),
+        default="drivable",
+        help="what BDD100K's alternative (adjacent-lane) area becomes",
+    )
+    p.add_argument("--depth-maps", default=None, help="KITTI: annotated depth maps folder")
+    p.set_defaults(func=_cmd_convert)
 
 
 def _add_check_data(sub: argparse._SubParsersAction) -> None:
@@ -343,6 +394,7 @@ def _add_check_data(sub: argparse._SubParsersAction) -> None:
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_demo,
     _add_synth,
+    _add_convert,
     _add_check_data,
     _add_train,
     _add_eval,

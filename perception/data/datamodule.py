@@ -109,6 +109,7 @@ class PerceptionDataModule(L.LightningDataModule):
         )
         self.train_set: ConcatDataset | None = None
         self.val_set: ConcatDataset | None = None
+        self.val_names: list[str] = []  # one per validation dataset, for per-dataset metrics
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -130,6 +131,7 @@ class PerceptionDataModule(L.LightningDataModule):
             val_parts.append(V1Dataset(root, hp.classes, hp.class_map, val_tf))
         self.train_set = ConcatDataset(train_parts)
         self.val_set = ConcatDataset(val_parts) if val_parts else None
+        self.val_names = unique_names([d.info.name for d in val_parts])
 
     def labeled_counts(self) -> dict[str, int]:
         """Training samples labeled per task (from the manifests; no image is read).
@@ -154,10 +156,12 @@ class PerceptionDataModule(L.LightningDataModule):
         return self._loader(self.train_set, shuffle=sampler is None, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list:
+        """One loader per validation dataset (several: metrics per dataset and overall)."""
         self.setup("validate")
         if self.val_set is None:
             return []
-        return self._loader(self.val_set, shuffle=False, sampler=None)
+        loaders = [self._loader(d, shuffle=False, sampler=None) for d in self.val_set.datasets]
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def _loader(self, dataset: Dataset, shuffle: bool, sampler: object) -> DataLoader:
         hp = self.hparams
@@ -171,6 +175,18 @@ class PerceptionDataModule(L.LightningDataModule):
             pin_memory=hp.pin_memory and torch.cuda.is_available(),
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
         )
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Dataset names usable as metric key parts: ``/`` removed, repeats numbered."""
+    out: list[str] = []
+    for name in names:
+        base = name.replace("/", "_") or "data"
+        candidate, n = base, 2
+        while candidate in out:
+            candidate, n = f"{base}_{n}", n + 1
+        out.append(candidate)
+    return out
 
 
 def _check_args(

@@ -128,6 +128,9 @@ class PerceptionModule(L.LightningModule):
         )
         self.ema = ModelEMA(self.model, ema_decay) if ema_decay > 0 else None
         self.metrics = MetricsSuite(canonical_focal=net_cfg.canonical_focal)
+        self.dataset_metrics: list[MetricsSuite] = []  # per validation dataset, when several
+        self.dataset_names: list[str] = []
+        self._val_loss = torch.zeros(2)
         self._points: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -193,28 +196,45 @@ class PerceptionModule(L.LightningModule):
         if self.ema is not None:
             self.ema.update(self.model)
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if len(batch) == 0:
             return
         images = self.float_images(batch)
         outputs = self.eval_model(images)
         points, strides = self.points(images)
         total, _ = self.loss(outputs, batch, points, strides)
-        self.log("val/loss", total, batch_size=len(batch), sync_dist=True)
+        self._val_loss += torch.stack([total.detach() * len(batch), total.new_tensor(len(batch))])
         self.metrics.update(outputs, batch, points, strides)
-        if batch_idx == 0 and self.hparams.overlay_images > 0:
+        if self.dataset_metrics:
+            self.dataset_metrics[dataloader_idx].update(outputs, batch, points, strides)
+        if batch_idx == 0 and dataloader_idx == 0 and self.hparams.overlay_images > 0:
             from perception.training.callbacks import log_overlays
 
             log_overlays(self, batch, outputs, points, strides)
 
     def on_validation_epoch_start(self) -> None:
         self.metrics.reset()
+        self._val_loss = torch.zeros(2, device=self.device)  # sum of loss x images, images
+        # several validation datasets (a BDD100K split and a KITTI split, say): each is also
+        # scored on its own, so a mix that helps one dataset and hurts another shows
+        loaders = len(self.trainer.num_val_batches)
+        names: list[str] = []
+        if loaders > 1:
+            given = list(getattr(self.trainer.datamodule, "val_names", None) or [])
+            names = given if len(given) == loaders else [f"val{i}" for i in range(loaders)]
+        self.dataset_metrics = [MetricsSuite(canonical_focal=self.canonical_focal) for _ in names]
+        self.dataset_names = names
 
     def on_validation_epoch_end(self) -> None:
         # Whole-split metrics of this process's shard; with several GPUs each rank scores
         # its own part (single-GPU training is the supported recipe).
+        if self._val_loss[1] > 0:
+            self.log("val/loss", self._val_loss[0] / self._val_loss[1], sync_dist=True)
         results = self.metrics.compute()
         finite = {f"val/{k}": v for k, v in results.items() if not math.isnan(v)}
+        for name, suite in zip(self.dataset_names, self.dataset_metrics, strict=True):
+            part = suite.compute()
+            finite |= {f"val/{name}/{k}": v for k, v in part.items() if not math.isnan(v)}
         self.log_dict(finite)
         self.log("val/score", combined_score(results), prog_bar=True)
 

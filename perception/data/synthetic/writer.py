@@ -9,6 +9,7 @@ a manifest that points at missing files, and an existing dataset is never overwr
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from perception.data.synthetic.render import (
 )
 from perception.data.synthetic.scene import CLASSES, FOCAL_RANGE, Scene, sample_scene
 from perception.errors import PerceptionError
-from perception.structures import Camera
+from perception.structures import TASKS, Camera
 
 
 def render_sample(
@@ -39,23 +40,23 @@ def render_sample(
     return scene, render(scene, rng)
 
 
-def _write_one(job: tuple[str, int, int, tuple[int, int], tuple[float, float]]) -> str:
-    root, seed, index, size, focal_range = job
+def _write_one(job: tuple[str, int, int, tuple[int, int], tuple[float, float], tuple]) -> str:
+    root, seed, index, size, focal_range, tasks = job
     scene, out = render_sample(seed, index, size, focal_range)
     sid = f"{index:06d}"
-    paths = {k: f"{k}/{sid}.png" for k in ("lane", "drivable", "depth")}
     v1.write_image(Path(root, "images", f"{sid}.jpg"), out.image, scene.lens.jpeg_quality)
-    v1.write_png(Path(root, paths["lane"]), out.lane)
-    v1.write_png(Path(root, paths["drivable"]), out.drivable)
-    v1.write_png(Path(root, paths["depth"]), v1.encode_depth(out.depth))
+    labels = {"lane": out.lane, "drivable": out.drivable, "depth": v1.encode_depth(out.depth)}
+    paths = {k: f"{k}/{sid}.png" for k in labels if k in tasks}
+    for key, path in paths.items():
+        v1.write_png(Path(root, path), labels[key])
     cam = scene.camera
     record = v1.Record(
         id=sid,
         image=f"images/{sid}.jpg",
         width=size[1],
         height=size[0],
-        boxes=out.boxes.tolist(),
-        labels=out.labels,
+        boxes=out.boxes.tolist() if "det" in tasks else None,
+        labels=out.labels if "det" in tasks else None,
         camera=Camera(cam.fx, cam.fy, cam.cx, cam.cy),
         **paths,
     )
@@ -97,11 +98,17 @@ def write_dataset(
     workers: int = 1,
     preview: str | os.PathLike | None = None,
     focal_range: tuple[float, float] = FOCAL_RANGE,
+    tasks: Sequence[str] = TASKS,
 ) -> Path:
     """Render ``num`` samples into ``out`` (which must not hold a dataset yet).
 
     ``focal_range``: focal length as a multiple of the image width, drawn uniformly.
+    ``tasks``: the labels to write; the others are left out of the manifest, which makes
+    a partially labeled set like a real dataset's (BDD100K has no depth, KITTI no lanes).
     """
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise PerceptionError(f"tasks must be a non-empty subset of {list(TASKS)}, got {tasks}")
     lo, hi = (float(v) for v in focal_range)
     if not 0.0 < lo <= hi:
         raise PerceptionError(f"focal range must be 0 < min <= max, got {tuple(focal_range)}")
@@ -115,14 +122,17 @@ def write_dataset(
         raise PerceptionError(f"{root}: exists and is not a directory")
     for sub in ("images", "lane", "drivable", "depth"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    jobs = [(str(root), seed, i, tuple(size), (lo, hi)) for i in range(num)]
+    jobs = [(str(root), seed, i, tuple(size), (lo, hi), tuple(tasks)) for i in range(num)]
     bar = dict(total=num, desc="synth", unit="img", disable=None)
     if workers > 1:
         with get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
             lines = list(tqdm(pool.imap(_write_one, jobs, chunksize=4), **bar))
     else:
         lines = [_write_one(job) for job in tqdm(jobs, **bar)]
-    v1.write_info(root, dataset_info(seed, size, (lo, hi)))
+    info = dataset_info(seed, size, (lo, hi))
+    if tuple(tasks) != TASKS:
+        info.notes["tasks"] = f"only {', '.join(tasks)} labeled (the others left out)"
+    v1.write_info(root, info)
     tmp = root / (v1.MANIFEST_FILE + ".tmp")
     tmp.write_text("".join(line + "\n" for line in lines))
     os.replace(tmp, root / v1.MANIFEST_FILE)
