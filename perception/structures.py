@@ -94,6 +94,9 @@ class Sample:
         valid: ``[H, W]`` bool, True where the pixel comes from the source image (False in
             padding added by augmentation or letterboxing); None means all valid.
         letterbox: how the source image was placed into this frame (identity if untouched).
+        ignore: ``[M, 4]`` float32 xyxy regions of unboxed objects (DontCare, crowds), in
+            this frame and moved by every geometric step exactly as ``boxes``; detection
+            is neither rewarded nor punished inside them. None or ``[0, 4]`` = none.
     """
 
     id: str
@@ -106,6 +109,7 @@ class Sample:
     camera: Camera | None = None
     valid: np.ndarray | None = None
     letterbox: Letterbox | None = None
+    ignore: np.ndarray | None = None
 
     @property
     def height(self) -> int:
@@ -135,6 +139,10 @@ class Batch:
     training module turns them into float ``[0, 1]``, which is what the model takes.
     Unlabeled tasks are filled with "ignore" values *and* flagged in ``has_*``, so a
     consumer that forgets the flag still cannot learn background from a missing label.
+
+    ``ignore`` holds one ``[M_i, 4]`` tensor per image (``[0, 4]`` when it has none). It
+    defaults to an empty list, which ``__post_init__`` expands to B empty tensors, so code
+    that builds a ``Batch`` without ignore regions keeps working.
     """
 
     images: torch.Tensor  # [B, 3, H, W] uint8 RGB
@@ -152,6 +160,17 @@ class Batch:
     letterbox: torch.Tensor  # [B, 5] float32 (scale, pad_x, pad_y, src_h, src_w)
     ids: list[str] = field(default_factory=list)
     num_skipped: int = 0  # bad samples the loader dropped from this batch
+    # B x [M_i, 4] float32 xyxy network pixels: regions the detection loss and mAP ignore
+    ignore: list[torch.Tensor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.ignore and len(self) > 0:
+            import torch  # only here: structures stays importable without torch
+
+            empty = torch.zeros((0, 4), dtype=torch.float32, device=self.images.device)
+            self.ignore = [empty] * len(self)
+        if len(self.ignore) != len(self):
+            raise ValueError(f"Batch: {len(self.ignore)} ignore tensors for {len(self)} images")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -181,6 +200,7 @@ class Batch:
             has_depth=move(self.has_depth),
             camera=move(self.camera),
             letterbox=move(self.letterbox),
+            ignore=[move(g) for g in self.ignore],
         )
 
 

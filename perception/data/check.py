@@ -210,10 +210,13 @@ def _check_entry(root: Path, classes: list[str] | None, entry: _Entry) -> list[s
 
 
 def _check_fields(rec: v1.Record, classes: list[str] | None) -> list[str]:
-    """Problems visible in the manifest line alone: size, boxes, labels, camera."""
+    """Problems visible in the manifest line alone: size, boxes, ignore, labels, camera."""
     out = []
     if rec.boxes is not None:
         out += [reason for _, reason in v1.box_problems(rec.boxes, rec.width, rec.height, 0)]
+    if rec.ignore:  # same strictness: a region off the image hides a wrong frame or scale
+        found = v1.box_problems(rec.ignore, rec.width, rec.height, 0, what="ignore box")
+        out += [reason for _, reason in found]
     if rec.labels is not None and classes is not None:
         unknown: dict[str, list[int]] = {}
         for i, label in enumerate(rec.labels):

@@ -1,7 +1,8 @@
 """``collate``: network-size ``Sample``s (or ``None`` for skipped ones) -> one ``Batch``.
 
 Unlabeled tasks are filled with their "ignore" value (255 for lane/drivable, 0 for depth)
-*and* flagged False in ``has_*``, so they can never be read as background.
+*and* flagged False in ``has_*``, so they can never be read as background. Detection
+ignore regions stay ragged like the boxes: ``Batch.ignore`` is B x ``[M_i, 4]``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def collate(samples: Sequence[Sample | None], image_size: tuple[int, int] | None
         letterbox=torch.from_numpy(np.stack([_letterbox(s) for s in kept])),  # [B, 5]
         ids=[s.id for s in kept],
         num_skipped=skipped,
+        ignore=[_regions(s.ignore) for s in kept],
     )
 
 
@@ -101,6 +103,13 @@ def _boxes(sample: Sample) -> torch.Tensor:
     if sample.boxes is None:
         return torch.zeros((0, 4), dtype=torch.float32)
     return torch.from_numpy(np.asarray(sample.boxes, np.float32).reshape(-1, 4))
+
+
+def _regions(ignore: np.ndarray | None) -> torch.Tensor:
+    """``[M, 4]`` float32 ignore regions; ``[0, 4]`` when the sample has none."""
+    if ignore is None:
+        return torch.zeros((0, 4), dtype=torch.float32)
+    return torch.from_numpy(np.asarray(ignore, np.float32).reshape(-1, 4))
 
 
 def _labels(sample: Sample) -> torch.Tensor:

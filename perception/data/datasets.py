@@ -142,6 +142,7 @@ class V1Dataset(Dataset):
                 f"says {record.width}x{record.height}"
             )
         boxes, labels = self._boxes(record)
+        ignore = self._ignore(record)
         lane, drivable = (self._mask(record, key) for key in v1.MASK_TASKS)
         depth = None
         if record.depth is not None:
@@ -159,6 +160,7 @@ class V1Dataset(Dataset):
             drivable=drivable,
             depth=depth,
             camera=camera,
+            ignore=ignore,
         )
 
     def _mask(self, record: v1.Record, key: str) -> np.ndarray | None:
@@ -193,6 +195,24 @@ class V1Dataset(Dataset):
         keep = np.array([m is not None for m in mapped], bool) & (box_area(boxes) > 0)
         labels = np.array([m if m is not None else -1 for m in mapped], np.int64)
         return boxes[keep], labels[keep]
+
+    def _ignore(self, record: v1.Record) -> np.ndarray | None:
+        """``[M, 4]`` float32 xyxy ignore regions, checked and clipped like GT boxes; or None.
+
+        Same tolerance as ``_boxes``: a region a few pixels over the edge is clipped, one
+        far outside means the label is in a wrong frame, so the sample is rejected.
+        """
+        if not record.ignore or record.boxes is None:
+            return None
+        regions = np.asarray(record.ignore, np.float32).reshape(-1, 4)
+        problems = v1.box_problems(
+            regions, record.width, record.height, OVERHANG_PX, what="ignore box"
+        )
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise DatasetFormatError(problems[0][1] + more)
+        regions = clip_boxes(regions, record.width, record.height)
+        return regions[box_area(regions) > 0]
 
 
 def _check_size(array: np.ndarray, record: v1.Record, relative: str) -> None:

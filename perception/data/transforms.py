@@ -31,6 +31,11 @@ Masks: albumentations has one ``fill_mask`` for all masks, so an all-ones validi
 travels with lane / drivable / depth (fill 0); afterwards the padding gets lane and
 drivable 255 (ignore), depth 0 (no measurement) and ``Sample.valid`` False. Masks and depth
 are resampled with NEAREST so interpolation never invents a class value or a depth.
+
+Ignore regions (``Sample.ignore``) are boxes without a class: they go through the very
+same code as the GT boxes (the letterbox map, and albumentations' bbox target with the
+label ``IGNORE_LABEL``), so flips, zooms, crops, clipping and the visibility / size
+filters treat both alike and an ignore region always stays where its objects are.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ MIN_VISIBILITY = 0.25  # drop a box when less than this fraction of it stays in 
 MIN_BOX_PX = 2.0  # drop a box narrower or lower than this after augmentation
 PROBE_DX = 100.0  # distance in pixels between the two zoom probes
 MASK_TARGETS = ("lane", "drivable", "depth")
+IGNORE_LABEL = -1  # box label that marks an ignore region inside the albumentations call
 
 
 @dataclass(frozen=True)
@@ -174,14 +180,11 @@ def letterbox_sample(sample: Sample, net_h: int, net_w: int) -> Sample:
         return _place(array, lb, size, cv2.INTER_NEAREST_EXACT, fill)
 
     valid = sample.valid if sample.valid is not None else np.ones(sample.image.shape[:2], bool)
-    boxes = sample.boxes
-    if boxes is not None:
-        pad = np.array([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y], np.float32)
-        boxes = (boxes.astype(np.float32) * np.float32(lb.scale) + pad).astype(np.float32)
     cam = sample.camera.letterboxed(lb) if sample.camera is not None else None
     return sample.replace(
         image=image,
-        boxes=boxes,
+        boxes=_letterbox_boxes(sample.boxes, lb),
+        ignore=_letterbox_boxes(sample.ignore, lb),
         lane=nearest(sample.lane, IGNORE),
         drivable=nearest(sample.drivable, IGNORE),
         depth=nearest(sample.depth, 0.0),
@@ -189,6 +192,14 @@ def letterbox_sample(sample: Sample, net_h: int, net_w: int) -> Sample:
         camera=cam,
         letterbox=_chain(sample.letterbox, lb),
     )
+
+
+def _letterbox_boxes(boxes: np.ndarray | None, lb: Letterbox) -> np.ndarray | None:
+    """``[N, 4]`` xyxy source pixels -> network pixels (``net = src * scale + pad``)."""
+    if boxes is None:
+        return None
+    pad = np.array([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y], np.float32)
+    return (boxes.astype(np.float32) * np.float32(lb.scale) + pad).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------- augmentation
@@ -274,8 +285,12 @@ def _augment(compose: A.Compose, sample: Sample) -> Sample:
     valid = sample.valid if sample.valid is not None else np.ones(sample.image.shape[:2], bool)
     boxes = sample.boxes if sample.boxes is not None else np.zeros((0, 4), np.float32)
     labels = sample.labels if sample.labels is not None else np.zeros((0,), np.int64)
+    ignore = sample.ignore if sample.ignore is not None else np.zeros((0, 4), np.float32)
+    ignore = ignore.reshape(-1, 4)  # [M, 4], appended to the GT boxes: one geometry for both
+    boxes = np.concatenate([boxes.reshape(-1, 4), ignore]).astype(np.float32)  # [N + M, 4]
+    labels = np.concatenate([labels.reshape(-1), np.full(len(ignore), IGNORE_LABEL, np.int64)])
     data = {"image": sample.image, "mask": valid.astype(np.uint8), "keypoints": _probes(sample)}
-    data.update(bboxes=boxes.reshape(-1, 4), box_labels=labels)
+    data.update(bboxes=boxes, box_labels=labels)
     data.update({k: getattr(sample, k) for k in MASK_TARGETS if getattr(sample, k) is not None})
     out = compose(**data)
 
@@ -288,9 +303,14 @@ def _augment(compose: A.Compose, sample: Sample) -> Sample:
             changes[name] = np.where(valid, out[name], np.uint8(IGNORE))
     if "depth" in out:
         changes["depth"] = np.where(valid, out["depth"] / np.float32(zoom), 0).astype(np.float32)
+    out_boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)  # [N' + M', 4]
+    out_labels = np.asarray(out["box_labels"], np.int64).reshape(-1)  # [N' + M']
+    is_ignore = out_labels == IGNORE_LABEL
     if sample.boxes is not None:
-        changes["boxes"] = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
-        changes["labels"] = np.asarray(out["box_labels"], np.int64).reshape(-1)
+        changes["boxes"] = out_boxes[~is_ignore]
+        changes["labels"] = out_labels[~is_ignore]
+    if sample.ignore is not None:
+        changes["ignore"] = out_boxes[is_ignore]
     if sample.camera is not None:
         cam = sample.camera
         changes["camera"] = Camera(cam.fx, cam.fy, float(p0[0]), float(p0[1]))

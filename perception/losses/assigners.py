@@ -182,6 +182,28 @@ class TaskAlignedAssigner:
         return Assignment(fg, labels, boxes, scores, gt_index)
 
 
+def points_in_regions(
+    points: torch.Tensor, regions: list[torch.Tensor], eps: float = 1e-9
+) -> torch.Tensor:
+    """Which point centres lie strictly inside any of each image's ignore regions.
+
+    Uses the same inside test as candidate selection, so "inside" means the same thing
+    for a GT box and for an ignore region.
+
+    Args:
+        points: ``[A, 2]`` point centres (x, y) in network pixels.
+        regions: B x ``[M_i, 4]`` xyxy network pixels (``[0, 4]`` = none).
+
+    Returns:
+        ``[B, A]`` bool on ``points.device``.
+    """
+    boxes, _, mask = pad_targets(
+        regions, [torch.zeros(len(r), dtype=torch.int64) for r in regions], points.device
+    )  # [B, M, 4], [B, M]
+    inside = _points_inside(points.float(), boxes, eps) & mask[:, :, None]  # [B, M, A]
+    return inside.any(dim=1)  # [B, M, A] -> [B, A]
+
+
 def _points_inside(points: torch.Tensor, gt_boxes: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
     """``[A, 2]`` points, ``[B, N, 4]`` boxes -> ``[B, N, A]`` bool, centre strictly inside."""
     x = points[:, 0][None, None, :]  # [A] -> [1, 1, A]

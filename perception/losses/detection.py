@@ -3,6 +3,12 @@
 Partial labels are the rule, not the exception (a lane dataset has no boxes): only images
 with ``has_det`` take part — their raw outputs are *selected*, so an unlabeled image adds
 nothing, not even background classification, and receives exactly zero gradient.
+
+Ignore regions (``Batch.ignore``: DontCare, crowds) hold real objects nobody boxed. A
+point whose centre lies inside one and that is not a positive of some GT is neither
+positive nor negative: its classification weight is zero, so the head is not taught to
+call those objects background. Positives stay positives (a GT may overlap a crowd) and
+the normaliser (sum of soft targets, i.e. of positives) is unchanged.
 """
 
 from __future__ import annotations
@@ -13,7 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perception.losses.assigners import Assignment, TaskAlignedAssigner, pad_targets
+from perception.losses.assigners import (
+    Assignment,
+    TaskAlignedAssigner,
+    pad_targets,
+    points_in_regions,
+)
 from perception.losses.terms import TaskLoss
 from perception.ops.boxes import aligned_ciou, aligned_giou, decode_box_dist
 
@@ -24,7 +35,11 @@ BOX_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 
 def varifocal_loss(
-    logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.75, gamma: float = 2.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 0.75,
+    gamma: float = 2.0,
+    counted: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Varifocal loss (Zhang et al., VarifocalNet 2021), summed over all elements.
 
@@ -36,13 +51,17 @@ def varifocal_loss(
         logits: ``[..., K]`` raw class logits.
         target: ``[..., K]`` soft targets in ``[0, 1]`` (0 = negative).
         alpha, gamma: negative weighting.
+        counted: ``[...]`` bool (``logits`` without the class axis), False for points that
+            add nothing (ignore regions); None = all count.
 
     Returns:
         ``[]`` the summed loss (callers normalise).
     """
     prob = logits.detach().sigmoid()
     positive = target > 0
-    weight = torch.where(positive, target, alpha * prob.pow(gamma))
+    weight = torch.where(positive, target, alpha * prob.pow(gamma))  # [..., K]
+    if counted is not None:
+        weight = weight * counted[..., None].to(weight.dtype)  # [...] -> [..., 1]
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     return (bce * weight).sum()
 
@@ -85,6 +104,7 @@ class DetectionLoss(nn.Module):
         has_det: torch.Tensor,
         points: torch.Tensor,
         strides: torch.Tensor,
+        ignore: list[torch.Tensor] | None = None,
     ) -> TaskLoss:
         """Loss of one batch.
 
@@ -95,6 +115,8 @@ class DetectionLoss(nn.Module):
             gt_labels: B x ``[N_i]`` int64.
             has_det: ``[B]`` bool, False = image not labeled for detection.
             points, strides: ``[A, 2]`` / ``[A]`` from ``ops.points.dense_points``.
+            ignore: B x ``[M_i, 4]`` xyxy network pixels (``Batch.ignore``); a non-positive
+                point whose centre lies inside one gets zero classification weight.
 
         Returns:
             ``TaskLoss`` with terms ``cls`` and ``box``; zeros (graph intact) and
@@ -113,8 +135,13 @@ class DetectionLoss(nn.Module):
         target = self.assigner(
             logits.detach().sigmoid(), pred.detach(), points, boxes, labels, mask, strides
         )
+        counted = None
+        if ignore is not None and any(len(ignore[i]) for i in keep):
+            ignored = points_in_regions(points, [ignore[i] for i in keep])  # [B', A]
+            counted = ~ignored | target.fg  # [B', A], a positive always counts
         norm = target.scores.sum().clamp(min=1.0)
-        cls = varifocal_loss(logits, target.scores, self.vfl_alpha, self.vfl_gamma) / norm
+        vfl = varifocal_loss(logits, target.scores, self.vfl_alpha, self.vfl_gamma, counted)
+        cls = vfl / norm
         box = self._box_term(pred, target) / norm
         total = self.cls_weight * cls + self.box_weight * box
         return TaskLoss(total, {"cls": cls, "box": box}, present)

@@ -174,6 +174,7 @@ class MultiTaskLoss(nn.Module):
                 batch.has_det,
                 points,
                 strides,
+                ignore=batch.ignore,
             ),
             "seg": self.segmentation(
                 outputs.seg_logits,

@@ -117,6 +117,23 @@ def aligned_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Te
     return inter / (union + eps)
 
 
+def aligned_ioa(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Intersection over the area of ``a``: how much of each ``a`` lies inside its ``b``.
+
+    COCO's overlap of a detection ``a`` with a crowd / ignore region ``b`` (``iscrowd``):
+    a detection fully inside a large region scores 1 however small it is.
+
+    Args:
+        a, b: ``[..., 4]`` xyxy pixels (same frame), broadcastable against each other.
+
+    Returns:
+        ``[...]`` in ``[0, 1]``; 0 where ``a`` has zero area.
+    """
+    inter = _intersection(a, b)
+    area = _area(a).expand_as(inter)
+    return torch.where(area > 0, inter / area.clamp_min(torch.finfo(inter.dtype).tiny), 0.0)
+
+
 def aligned_giou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Generalized IoU (Rezatofighi et al., 2019) of paired xyxy boxes, broadcasting.
 

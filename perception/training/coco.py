@@ -1,10 +1,17 @@
 """COCO detection metrics over a whole split: mAP50, mAP50_95, recall, small/medium/large.
 
-Follows COCO (pycocotools / faster-coco-eval) bit for bit for boxes without crowd: 101-point
+Follows COCO (pycocotools / faster-coco-eval) bit for bit, crowds included: 101-point
 interpolated AP at IoU 0.50:0.05:0.95, greedy matching by score per image and class, at
 most ``max_dets`` (100) detections per image *and class*, mean over classes with at least
 one ground-truth box; COCO's small / medium / large area ranges with its ignore rules,
 areas measured in source-image pixels. Pure numpy / torch; ``metrics.MetricsSuite`` feeds it.
+
+Ignore regions (``Batch.ignore``: DontCare, crowds) are COCO ``iscrowd=1`` annotations
+of *every* class (they carry none): a detection that matches no counted ground truth but
+lies inside a region (intersection over its own area ``>= t``, so ``>= 0.5`` for mAP50) is
+ignored, neither TP nor FP, and one region can absorb any number of detections. Regions
+are never ground truth, so they do not enter recall or the AP denominators. ``to_coco``
+writes them as such annotations, so faster-coco-eval cross-checks this too.
 """
 
 from __future__ import annotations
@@ -35,17 +42,26 @@ AREA_KEYS = ("det/mAP_small", "det/mAP_medium", "det/mAP_large")  # ranges 1..3
 def match_detections(ious: np.ndarray) -> np.ndarray: ...
 @overload
 def match_detections(
-    ious: np.ndarray, gt_ignore: np.ndarray, dt_outside: np.ndarray
+    ious: np.ndarray,
+    gt_ignore: np.ndarray,
+    dt_outside: np.ndarray,
+    gt_crowd: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]: ...
 def match_detections(
-    ious: np.ndarray, gt_ignore: np.ndarray | None = None, dt_outside: np.ndarray | None = None
+    ious: np.ndarray,
+    gt_ignore: np.ndarray | None = None,
+    dt_outside: np.ndarray | None = None,
+    gt_crowd: np.ndarray | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """COCO greedy matching of one image and class at every IoU threshold.
 
     Args:
-        ious: ``[D, G]`` IoU of detections (sorted by decreasing score) with ground truth.
+        ious: ``[D, G]`` IoU of detections (sorted by decreasing score) with ground truth;
+            intersection over the detection's area in crowd columns (COCO ``iscrowd``).
         gt_ignore: ``[G]`` bool, ground truth outside the area range (COCO ``gtIg``).
         dt_outside: ``[D]`` bool, detections whose area is outside the range.
+        gt_crowd: ``[G]`` bool, crowd / ignore regions: always ignored, and never used up,
+            so every detection inside one is absorbed (pycocotools' ``iscrowd``).
 
     Returns:
         ``[D, T]`` bool, True where the detection is a true positive at ``IOU_THRESHOLDS[t]``.
@@ -55,21 +71,24 @@ def match_detections(
         ``[D, T]``: ignored = matched to an ignored ground truth, or unmatched and outside.
     """
     num_dt, num_gt = ious.shape
+    crowd = np.zeros(num_gt, bool) if gt_crowd is None else np.asarray(gt_crowd, bool)
     gt_ig = np.zeros(num_gt, bool) if gt_ignore is None else np.asarray(gt_ignore, bool)
+    gt_ig = gt_ig | crowd
     matched = np.zeros((num_dt, len(IOU_THRESHOLDS)), dtype=bool)
     on_ignored = np.zeros_like(matched)
     thresholds = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[:, None]  # [T, 1]
     taken = np.zeros((len(IOU_THRESHOLDS), num_gt), dtype=bool)  # [T, G]
     rows = np.arange(len(IOU_THRESHOLDS))
     for d in range(num_dt if num_gt else 0):  # no GT: nothing to match
-        free = ~taken & (ious[d] >= thresholds)  # [T, G]
+        free = (~taken | crowd) & (ious[d] >= thresholds)  # [T, G]
         best, ok = _last_best(np.where(free & ~gt_ig, ious[d], -1.0))  # counted GT first
         best_ig, ok_ig = _last_best(np.where(free & gt_ig, ious[d], -1.0))
         ok_ig &= ~ok
         best = np.where(ok, best, best_ig)
         matched[d], on_ignored[d] = ok, ok_ig
-        taken[rows[ok | ok_ig], best[ok | ok_ig]] = True
-    if gt_ignore is None and dt_outside is None:
+        use_up = (ok | ok_ig) & ~crowd[best]  # [T], a crowd region stays free
+        taken[rows[use_up], best[use_up]] = True
+    if gt_ignore is None and dt_outside is None and gt_crowd is None:
         return matched
     outside = np.zeros(num_dt, bool) if dt_outside is None else np.asarray(dt_outside, bool)
     return matched, on_ignored | (~matched & ~on_ignored & outside[:, None])
@@ -81,22 +100,27 @@ def _last_best(cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return best, cand[np.arange(cand.shape[0]), best] >= 0
 
 
-def _range_status(ious: np.ndarray, gt_in: np.ndarray, dt_in: np.ndarray) -> np.ndarray:
+def _range_status(
+    ious: np.ndarray, gt_in: np.ndarray, dt_in: np.ndarray, crowd: np.ndarray | None = None
+) -> np.ndarray:
     """COCO ``evaluateImg`` of one image and class for every area range.
 
     Args:
         ious: ``[D, G]`` as for ``match_detections``.
         gt_in, dt_in: ``[G, R]`` / ``[D, R]`` bool, area inside ``AREA_RANGES[r]``.
+        crowd: ``[G]`` bool, columns that are ignore regions (None = none).
 
     Returns:
         ``[D, R, T]`` int8: 1 true positive, 0 false positive, -1 ignored.
     """
-    matched = match_detections(ious)  # [D, T]
+    has_crowd = crowd is not None and bool(crowd.any())
+    # [D, T] matches without ranges; unused with crowd columns (every range matches again)
+    matched = np.zeros((0, 0), bool) if has_crowd else match_detections(ious)
     status = np.empty((ious.shape[0], len(AREA_RANGES), len(IOU_THRESHOLDS)), np.int8)
     for r in range(len(AREA_RANGES)):
         ignore = ~gt_in[:, r]  # [G]
-        if ignore.any() and not ignore.all():  # the range splits the GTs: match again
-            tp, ignored = match_detections(ious, ignore, ~dt_in[:, r])
+        if has_crowd or (ignore.any() and not ignore.all()):  # crowd or a split: match again
+            tp, ignored = match_detections(ious, ignore, ~dt_in[:, r], crowd)
         else:  # same matches as with no range, to counted GTs only or ignored ones only
             on_ignored = matched & bool(ignore.any())
             tp = matched & ~on_ignored
@@ -134,6 +158,7 @@ class DetectionEvaluator:
     ground truth (network pixels in this package); the area ranges are defined on the
     source image, so each image's ``scale`` (network / source pixels, the letterbox scale)
     converts areas. Per detection only its match status in each range is kept, not boxes.
+    Ignore regions passed to ``update`` act as crowds of every class (module docstring).
     """
 
     def __init__(self, max_dets: int = COCO_MAX_DETS) -> None:
@@ -155,22 +180,33 @@ class DetectionEvaluator:
         gt_labels: Sequence[torch.Tensor],
         labeled: Sequence[bool],
         scales: Sequence[float] | None = None,
+        ignore: Sequence[torch.Tensor] | None = None,
     ) -> None:
         """Add images: detections, ``[G, 4]`` xyxy boxes, ``[G]`` labels; unlabeled skipped.
 
         ``scales``: per image network pixels per source pixel (``Batch.letterbox[:, 0]``),
-        for the area ranges; None = 1 (boxes already in source pixels).
+        for the area ranges; None = 1 (boxes already in source pixels). ``ignore``: per
+        image ``[M, 4]`` xyxy ignore regions in the boxes' frame (``Batch.ignore``).
         """
         scales = [1.0] * len(detections) if scales is None else scales
-        for det, boxes, labels, is_labeled, scale in zip(
-            detections, gt_boxes, gt_labels, labeled, scales, strict=True
+        ignore = [None] * len(detections) if ignore is None else ignore
+        for det, boxes, labels, is_labeled, scale, regions in zip(
+            detections, gt_boxes, gt_labels, labeled, scales, ignore, strict=True
         ):
             if bool(is_labeled):
-                self._add_image(det, boxes, labels, float(scale))
+                self._add_image(det, boxes, labels, float(scale), regions)
 
     def _add_image(
-        self, det: Detections, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, scale: float = 1.0
+        self,
+        det: Detections,
+        gt_boxes: torch.Tensor,
+        gt_labels: torch.Tensor,
+        scale: float = 1.0,
+        ignore: torch.Tensor | None = None,
     ) -> None:
+        regions = torch.zeros(0, 4) if ignore is None else ignore  # [M, 4]
+        regions = regions.detach().to("cpu", torch.float64).reshape(-1, 4)
+        crowd_in = np.ones((len(regions), len(AREA_RANGES)), bool)  # [M, R], unused: ignored
         gt_boxes = gt_boxes.detach().to("cpu", torch.float64).reshape(-1, 4)  # [G, 4]
         gt_labels_np = gt_labels.detach().cpu().numpy().astype(np.int64).reshape(-1)  # [G]
         dt_boxes = det.boxes.detach().to("cpu", torch.float64).reshape(-1, 4)  # [N, 4]
@@ -184,9 +220,13 @@ class DetectionEvaluator:
             dt_k = dt_boxes[torch.from_numpy(idx)]  # [D_k, 4]
             # exact IoU as COCO (no eps: an IoU of exactly 0.5 must still match at 0.5)
             ious = box_ops.aligned_iou(dt_k[:, None], gt_k[None], eps=0.0)  # -> [D_k, G_k]
+            ioa = box_ops.aligned_ioa(dt_k[:, None], regions[None])  # -> [D_k, M]
+            ious = torch.cat([ious, ioa], dim=1)  # [D_k, G_k + M], regions as crowd columns
+            crowd = np.arange(ious.shape[1]) >= len(gt_k)  # [G_k + M]
+            gt_in_k = np.concatenate([gt_in[gt_labels_np == k], crowd_in])  # [G_k + M, R]
             self._scores.append(scores[idx])
             self._labels.append(np.full(len(idx), k, dtype=np.int64))
-            self._status.append(_range_status(ious.numpy(), gt_in[gt_labels_np == k], dt_in[idx]))
+            self._status.append(_range_status(ious.numpy(), gt_in_k, dt_in[idx], crowd))
         self._gt_labels.append(gt_labels_np)
         self._gt_in.append(gt_in)
         self.num_images += 1
@@ -243,6 +283,7 @@ def to_coco(
     gt_labels: Sequence[torch.Tensor],
     num_classes: int,
     scales: Sequence[float] | None = None,
+    ignore: Sequence[torch.Tensor] | None = None,
 ) -> tuple[dict, list[dict]]:
     """The same images as a COCO ground-truth dict and a COCO results list.
 
@@ -252,21 +293,26 @@ def to_coco(
     A ground truth's ``area`` is in source pixels (``w * h / scales[i] ** 2``), as
     ``DetectionEvaluator.update(..., scales)`` measures it; ``loadRes`` recomputes result
     areas from the boxes, so with a scale != 1 divide those by ``scale ** 2`` too.
+    ``ignore`` regions become ``iscrowd=1`` annotations, one per class (COCO crowds have
+    a class, ours apply to all), after the image's ground truth.
     """
     images, annotations, results = [], [], []
     scales = [1.0] * len(detections) if scales is None else scales
+    ignore = [torch.zeros(0, 4)] * len(detections) if ignore is None else ignore
     for i, (det, boxes, labels) in enumerate(zip(detections, gt_boxes, gt_labels, strict=True)):
         images.append({"id": i + 1, "width": 0, "height": 0})
-        for box, label in zip(boxes.tolist(), labels.tolist(), strict=True):
+        crowds = [(box, k, 1) for box in ignore[i].tolist() for k in range(num_classes)]
+        objects = [(box, int(k), 0) for box, k in zip(boxes.tolist(), labels.tolist(), strict=True)]
+        for box, label, iscrowd in objects + crowds:
             xywh = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": i + 1,
-                    "category_id": int(label) + 1,
+                    "category_id": label + 1,
                     "bbox": xywh,
                     "area": xywh[2] * xywh[3] / float(scales[i]) ** 2,
-                    "iscrowd": 0,
+                    "iscrowd": iscrowd,
                 }
             )
         for box, score, label in zip(

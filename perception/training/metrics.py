@@ -233,6 +233,7 @@ class MetricsSuite:
                 batch.labels,
                 batch.has_det.tolist(),
                 scales=batch.letterbox[:, 0].tolist(),
+                ignore=batch.ignore,
             )
         self.segmentation.update(
             seg_probabilities(outputs.seg_logits),

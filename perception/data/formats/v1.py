@@ -5,7 +5,9 @@ Reading and writing primitives only; validation of whole samples lives in
 go on). Every error names the file (and manifest line) it is about.
 
 Presence semantics: a task key missing from a manifest line means *not labeled*;
-``"boxes": []`` means labeled with no objects.
+``"boxes": []`` means labeled with no objects. ``"ignore"`` (optional, only next to
+``"boxes"``) lists xyxy regions holding objects nobody boxed (KITTI ``DontCare``,
+Cityscapes crowd groups): detection is neither rewarded nor punished inside them.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class DatasetInfo:
 class Record:
     """One manifest line, parsed but not loaded. Paths are relative to the root.
 
-    ``None`` for a task field means the task is not labeled for this sample.
+    ``None`` for a task field means the task is not labeled for this sample. ``ignore``:
+    xyxy image-pixel regions of unboxed objects (``None`` or empty = none).
     """
 
     id: str
@@ -61,6 +64,7 @@ class Record:
     drivable: str | None = None
     depth: str | None = None
     camera: Camera | None = None
+    ignore: list[list[float]] | None = None
     line: int = 0  # 1-based line number in manifest.jsonl, for error messages
 
     def to_json(self) -> str:
@@ -74,6 +78,8 @@ class Record:
         if self.boxes is not None:
             out["boxes"] = [[round(float(v), 2) for v in b] for b in self.boxes]
             out["labels"] = list(self.labels or [])
+        if self.ignore:  # written only when there is something to ignore
+            out["ignore"] = [[round(float(v), 2) for v in b] for b in self.ignore]
         for key in ("lane", "drivable", "depth"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
@@ -140,11 +146,16 @@ def parse_record(raw: Any, line: int, where: str = MANIFEST_FILE) -> Record:
             raise DatasetFormatError(f"{at}: 'boxes' and 'labels' must be lists")
         if len(boxes) != len(labels):
             raise DatasetFormatError(f"{at}: {len(boxes)} boxes but {len(labels)} labels")
-        for i, box in enumerate(boxes):
-            if not isinstance(box, list) or len(box) != 4:
-                raise DatasetFormatError(f"{at}: box {i} is not [x1, y1, x2, y2]")
-            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box):
-                raise DatasetFormatError(f"{at}: box {i} has a non-numeric value")
+        _check_box_list(boxes, at, "box")
+    ignore = raw.get("ignore")
+    if ignore is not None:
+        if boxes is None:
+            raise DatasetFormatError(
+                f"{at}: 'ignore' needs 'boxes' (ignore regions refine a detection label)"
+            )
+        if not isinstance(ignore, list):
+            raise DatasetFormatError(f"{at}: 'ignore' must be a list of [x1, y1, x2, y2]")
+        _check_box_list(ignore, at, "ignore box")
     camera = raw.get("camera")
     if camera is not None:
         try:
@@ -164,9 +175,19 @@ def parse_record(raw: Any, line: int, where: str = MANIFEST_FILE) -> Record:
         boxes=boxes,
         labels=[str(lb) for lb in labels] if labels is not None else None,
         camera=camera,
+        ignore=ignore,
         line=line,
         **paths,
     )
+
+
+def _check_box_list(boxes: list, at: str, what: str) -> None:
+    """Each entry is a list of four numbers; ``what`` names it in the error ("box")."""
+    for i, box in enumerate(boxes):
+        if not isinstance(box, list) or len(box) != 4:
+            raise DatasetFormatError(f"{at}: {what} {i} is not [x1, y1, x2, y2]")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box):
+            raise DatasetFormatError(f"{at}: {what} {i} has a non-numeric value")
 
 
 def read_manifest(root: str | os.PathLike) -> list[Record]:
@@ -261,21 +282,27 @@ def _write(path: str | os.PathLike, array: np.ndarray, params: list[int]) -> Non
 
 
 def box_problems(
-    boxes: list[list[float]] | np.ndarray, width: int, height: int, overhang_px: float = 0.0
+    boxes: list[list[float]] | np.ndarray,
+    width: int,
+    height: int,
+    overhang_px: float = 0.0,
+    what: str = "box",
 ) -> list[tuple[int, str]]:
     """``(index, reason)`` for each bad xyxy box in a ``width`` x ``height`` image.
 
     Bad means: a non-finite coordinate, zero or negative width/height, or a corner more
     than ``overhang_px`` outside ``[0, width] x [0, height]``. ``check-data`` is strict
     (``overhang_px=0``); the training loader passes a small tolerance and clips instead.
+    ``what`` starts each reason ("box", "ignore box"), so one message names which list.
     """
     problems = []
     for i, box in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
         x1, y1, x2, y2 = box
+        name = f"{what} {i} {box.tolist()}"
         if not np.all(np.isfinite(box)):
-            problems.append((i, f"box {i} {box.tolist()} has a non-finite coordinate"))
+            problems.append((i, f"{name} has a non-finite coordinate"))
         elif x2 <= x1 or y2 <= y1:
-            problems.append((i, f"box {i} {box.tolist()} is degenerate (needs x2 > x1, y2 > y1)"))
+            problems.append((i, f"{name} is degenerate (needs x2 > x1, y2 > y1)"))
         elif min(x1, y1) < -overhang_px or x2 > width + overhang_px or y2 > height + overhang_px:
-            problems.append((i, f"box {i} {box.tolist()} lies outside the {width}x{height} image"))
+            problems.append((i, f"{name} lies outside the {width}x{height} image"))
     return problems
