@@ -31,6 +31,9 @@ from perception.structures import Camera
 
 DEFAULT_CLASSES = ("car", "truck", "bus", "pedestrian", "cyclist")
 LANE_WIDTH = 8  # px at the source resolution; the rule is written into dataset.yaml
+# Present while a conversion writes: marks the folder as ours (a rerun with --overwrite
+# may clear it) and as incomplete (there is no manifest yet)
+IN_PROGRESS = ".converting"
 
 
 class SourceError(PerceptionError, ValueError):
@@ -163,20 +166,22 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def prepare_output(out: str | os.PathLike, overwrite: bool) -> Path:
     """An empty output folder. A non-empty one is refused unless ``overwrite``, and even
-    then only a previous dataset (a ``dataset.yaml`` or ``manifest.jsonl`` inside) is
-    removed: ``--overwrite`` pointed at the wrong folder must not delete someone's files."""
+    then only a previous dataset (a ``dataset.yaml``, ``manifest.jsonl`` or an interrupted
+    conversion's marker inside) is removed: ``--overwrite`` pointed at the wrong folder
+    must not delete someone's files."""
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise PerceptionError(f"{root}: exists and is not a directory")
     if root.is_dir() and any(root.iterdir()):
         if not overwrite:
             raise PerceptionError(f"{root}: not empty; choose another --out or pass --overwrite")
-        if not ((root / v1.INFO_FILE).exists() or (root / v1.MANIFEST_FILE).exists()):
+        if not any((root / f).exists() for f in (v1.INFO_FILE, v1.MANIFEST_FILE, IN_PROGRESS)):
             raise PerceptionError(
                 f"{root}: not empty and not a perception dataset; refusing to overwrite it"
             )
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
+    (root / IN_PROGRESS).write_text("a conversion is writing here (or stopped before the end)\n")
     return root
 
 
@@ -230,6 +235,7 @@ def write_dataset(
     tmp = out / (v1.MANIFEST_FILE + ".tmp")
     tmp.write_text("".join(r + "\n" for r in records))
     os.replace(tmp, out / v1.MANIFEST_FILE)
+    (out / IN_PROGRESS).unlink(missing_ok=True)
     return summary
 
 
