@@ -89,3 +89,17 @@ def test_mixed_training_reports_metrics_per_dataset_and_overall(partial_sets) ->
     assert {"val/synthetic-seed2/depth/abs_rel", "val/synthetic-seed2/det/mAP50"} <= kitti_keys
     assert not any("lane" in k or "drivable" in k for k in kitti_keys)
     assert {"val/lane/iou", "val/depth/abs_rel", "val/det/mAP50", "val/loss"} <= logged
+
+
+def test_a_head_without_labels_is_refused_unless_left_untrained_on_purpose(partial_sets) -> None:
+    bdd, _ = partial_sets
+    data = PerceptionDataModule([str(bdd)], list(CLASSES), image_size=SIZE, num_workers=0)
+    counts = data.labeled_counts()
+    assert counts == {"det": 8, "lane": 8, "drivable": 8, "depth": 0}
+    module = PerceptionModule(list(CLASSES), SIZE, net=NET, overlay_images=0)
+    with pytest.raises(PerceptionError, match=r"model.untrained_tasks: \['depth'\]"):
+        module.check_labels(counts)
+    untrained = PerceptionModule(list(CLASSES), SIZE, net=NET, untrained_tasks=["depth"])
+    untrained.check_labels(counts)  # BDD100K alone: boxes, lanes, drivable; depth on purpose
+    with pytest.raises(PerceptionError, match="must be among"):
+        PerceptionModule(list(CLASSES), SIZE, net=NET, untrained_tasks=["depths"])

@@ -77,6 +77,8 @@ class PerceptionModule(L.LightningModule):
         init_weights: a release ``.safetensors`` or ``.ckpt`` to start from (fine-tuning at
             another input size or on other data; ``checkpoints.init_from``). Not a resume:
             the optimizer, schedule and EMA start afresh (resume with ``--ckpt_path``).
+        untrained_tasks: heads no training dataset labels, left untrained on purpose
+            (BDD100K alone has no depth); their outputs mean nothing.
 
     ``net`` and ``loss`` are typed dataclasses for the CLI (strict keys, ``--print_config``)
     but are stored as plain dicts in the hyperparameters, so a checkpoint loads with
@@ -99,8 +101,14 @@ class PerceptionModule(L.LightningModule):
         ema_decay: float = 0.9995,
         overlay_images: int = 4,
         init_weights: str | None = None,
+        untrained_tasks: Sequence[str] = (),
     ) -> None:
         super().__init__()
+        untrained_tasks = list(untrained_tasks)  # a plain list in the hyperparameters
+        if not set(untrained_tasks) <= set(TASKS):
+            raise PerceptionError(
+                f"model.untrained_tasks: {untrained_tasks} must be among {list(TASKS)}"
+            )
         if optimizer.lower() not in OPTIMIZERS:
             raise PerceptionError(
                 f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
@@ -168,11 +176,18 @@ class PerceptionModule(L.LightningModule):
             self.check_labels(self.trainer.datamodule.labeled_counts())
 
     def check_labels(self, counts: dict[str, int]) -> None:
-        """Refuse to train a head that no training sample has labels for."""
+        """Refuse to train a head that no training sample has labels for, unless the
+        config says so (``untrained_tasks``): a silently untrained head would still
+        produce confident-looking output."""
         wanted = [t for t in TASKS if t != "drivable" or self.net_config.drivable]
-        missing = [t for t in wanted if counts.get(t, 0) == 0]
+        untrained = set(self.hparams.untrained_tasks)
+        missing = [t for t in wanted if counts.get(t, 0) == 0 and t not in untrained]
         if missing:
-            hint = " (set model.net.drivable: false)" if missing == ["drivable"] else ""
+            hint = (
+                " (set model.net.drivable: false)"
+                if missing == ["drivable"]
+                else f" (or leave it untrained on purpose: model.untrained_tasks: {missing})"
+            )
             raise PerceptionError(
                 f"the model has a {', '.join(missing)} head but no training sample is labeled "
                 f"for {' or '.join(missing)}{hint}; labeled counts: {counts}"
