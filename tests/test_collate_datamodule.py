@@ -116,6 +116,12 @@ def test_val_fraction_split_is_deterministic_and_disjoint(tiny_dataset):
     val_ds.setup()
     assert val_ds.val_set.datasets[0].transform.augment.enabled is False
 
+    # a dataset without a val split (held out) beside one with its own: both validated
+    both = datamodule([root], val=[str(tiny_dataset("other", num=3))], val_fraction=0.3)
+    both.setup("fit")
+    assert [len(d) for d in both.val_set.datasets] == [len(val), 3]
+    assert both.val_names == ["tiny", "tiny_2"] and len(both.val_dataloader()) == 2
+
 
 def test_weighted_mixing_draws_in_proportion(tiny_dataset):
     sampler = mixing_sampler([4, 12], [3.0, 1.0], torch.Generator().manual_seed(0))
@@ -135,7 +141,6 @@ def test_weighted_mixing_draws_in_proportion(tiny_dataset):
     [
         (dict(train_weights=[1.0]), "1 weights for 2 train roots"),
         (dict(train_weights=[1.0, -1.0]), "must be >= 0"),
-        (dict(val=["x"], val_fraction=0.1), "one or the other"),
         (dict(val_fraction=1.0), r"val_fraction: must be in \[0, 1\)"),
         (dict(image_size=[32]), "image_size"),
         (dict(flip_p=2.0), "flip_p"),

@@ -163,3 +163,23 @@ def test_init_weights_starts_from_a_release_and_refuses_another_architecture(
         module(TINY_RELEASE_CLASSES, neck_width=32)
     with pytest.raises(PerceptionError, match=r"canonical_focal: 500\.0 in the file, 0\.0 here"):
         module(TINY_RELEASE_CLASSES, canonical_focal=0.0)  # depth would mean something else
+
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_parses_and_builds(path: Path, monkeypatch) -> None:
+    """Each YAML in configs/ is valid for ``perception train`` (keys, types, links)."""
+    monkeypatch.chdir(path.parents[1])  # paths in the configs are relative to the repo
+    config = yaml.safe_load(path.read_text())
+    saved = sys.argv
+    sys.argv = ["perception train", "--config", str(path)]
+    try:
+        cli = PerceptionCLI(
+            PerceptionModule, PerceptionDataModule, trainer_defaults=trainer_defaults(), run=False
+        )
+    finally:
+        sys.argv = saved
+    assert list(cli.model.hparams.class_names) == config["model"]["class_names"]
+    assert tuple(cli.datamodule.image_size) == tuple(config["data"]["image_size"])

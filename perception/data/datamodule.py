@@ -59,8 +59,10 @@ class PerceptionDataModule(L.LightningDataModule):
         classes: model class names (labels become indices into this list).
         train_weights: share of draws per training root (weighted mixing); ``None`` =
             plain shuffling over all samples.
-        val: validation roots; ``None`` with ``val_fraction > 0`` splits ``train`` by id.
-        val_fraction: fraction of ``train`` ids held out when ``val`` is not given.
+        val: validation roots (each scored on its own too when there are several).
+        val_fraction: fraction of each ``train`` root's ids held out for validation, as
+            well as ``val``: a dataset without a published val split (KITTI) next to one
+            with one (BDD100K).
         class_map: dataset class -> model class, or null to drop a class.
         image_size: network input ``[H, W]`` in pixels.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings
@@ -215,8 +217,6 @@ def _check_args(
             )
     if not 0.0 <= val_fraction < 1.0:
         raise PerceptionError(f"data.val_fraction: must be in [0, 1), got {val_fraction}")
-    if val and val_fraction > 0:
-        raise PerceptionError("data.val and data.val_fraction: give one or the other, not both")
     if len(image_size) != 2 or min(int(v) for v in image_size) <= 0:
         raise PerceptionError(f"data.image_size: expected [H, W] positive ints, got {image_size}")
     if batch_size < 1:
