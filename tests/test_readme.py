@@ -56,3 +56,27 @@ def test_deploy_guide_standalone_onnxruntime_snippet_runs(
     exec(compile(standalone[0], "deploy.md", "exec"), {})
     printed = capsys.readouterr().out
     assert printed.startswith("[") and any(name in printed for name in TINY_RELEASE_CLASSES)
+
+
+def test_readme_class_map_and_convert_commands_are_valid(tmp_path: Path) -> None:
+    """The class-map example loads as printed and every convert line parses."""
+    import shlex
+
+    from perception.cli import build_parser
+    from perception.data.formats.convert import ClassMap
+
+    text = (REPO / "README.md").read_text()
+    section = text.split("### `perception convert`", 1)[1].split("\n### ", 1)[0]
+    (example,) = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    (tmp_path / "map.yaml").write_text(example)
+    cmap = ClassMap.load(tmp_path / "map.yaml", default={})
+    assert cmap.classes == ["vehicle", "person"] and cmap("rider") == "person"
+    assert cmap("traffic light") is None and cmap.dropped == {"traffic light": 1}
+    (bash,) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    commands = bash.replace("\\\n", " ").splitlines()
+    converts = [c for c in commands if c.startswith("perception convert")]
+    assert len(converts) == 3
+    for line in converts:
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert args.format in {"bdd100k", "kitti"} and args.out.startswith("data/")
+    assert any("configs/bdd100k_kitti.yaml" in c for c in commands)
