@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from perception.data.formats.convert import (
@@ -32,6 +31,7 @@ from perception.data.formats.convert import (
     SourceError,
     draw_lines,
     image_size,
+    read_png,
 )
 
 SPLITS = ("train", "val")  # the test split has no published labels
@@ -260,15 +260,7 @@ def _bezier(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, p3: np.ndarray) -> n
 
 
 def _read_drivable(path: Path) -> np.ndarray:
-    data = np.fromfile(path, np.uint8)
-    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if mask is None:
-        raise SourceError(f"{path}: not a readable PNG")
-    if mask.ndim != 2 or mask.dtype != np.uint8:
-        raise SourceError(
-            f"{path}: expected a single-channel uint8 mask (labels/drivable/masks, not "
-            f"colormaps), got {mask.dtype} with shape {mask.shape}"
-        )
+    mask = read_png(path, (np.uint8,))  # labels/drivable/masks, not the colormaps
     bad = sorted(set(np.unique(mask).tolist()) - {DIRECT, ALTERNATIVE, BACKGROUND})
     if bad:
         raise SourceError(

@@ -26,6 +26,7 @@ from perception.data.formats.convert import (
     Source,
     SourceError,
     image_size,
+    read_png,
 )
 from perception.structures import Camera
 
@@ -116,17 +117,17 @@ def _samples(
             sample.camera, baseline = read_camera(camera_file)
         instances = dirs["gtFine"] / city / f"{base}_gtFine_instanceIds.png"
         if labeled and instances.is_file():
-            ids = _read_png(instances, (np.uint8, np.uint16), (height, width))
+            ids = read_png(instances, (np.uint8, np.uint16), (height, width))
             sample.boxes, sample.labels, sample.ignore = _instances(ids, instances, class_map)
         label_ids = dirs["gtFine"] / city / f"{base}_gtFine_labelIds.png"
         if labeled and label_ids.is_file():
-            labels = _read_png(label_ids, (np.uint8,), (height, width))
+            labels = read_png(label_ids, (np.uint8,), (height, width))
             drivable = np.where(labels == ROAD, 1, 0).astype(np.uint8)
             drivable[np.isin(labels, NO_LABEL)] = 255
             sample.drivable = drivable
         disparity = dirs["disparity"] / city / f"{base}_disparity.png"
         if baseline is not None and sample.camera is not None and disparity.is_file():
-            p = _read_png(disparity, (np.uint16,), (height, width)).astype(np.float64)
+            p = read_png(disparity, (np.uint16,), (height, width)).astype(np.float64)
             with np.errstate(divide="ignore"):
                 depth = baseline * sample.camera.fx * 256.0 / (p - 1.0)
             depth[(p <= 1) | (depth > MAX_DEPTH)] = 0.0
@@ -201,18 +202,3 @@ def read_camera(path: Path) -> tuple[Camera, float]:
     if fx <= 0 or fy <= 0 or baseline <= 0:
         raise SourceError(f"{path}: fx, fy and 'extrinsic.baseline' must be positive")
     return camera, baseline
-
-
-def _read_png(path: Path, dtypes: tuple[type, ...], shape: tuple[int, int]) -> np.ndarray:
-    """A single-channel PNG exactly as stored; labels must cover the image pixel for pixel."""
-    data = np.fromfile(path, dtype=np.uint8)
-    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if array is None:
-        raise SourceError(f"{path}: unreadable or corrupt PNG")
-    if array.ndim != 2 or array.dtype not in dtypes:
-        raise SourceError(f"{path}: expected a single-channel PNG, got {array.dtype} {array.shape}")
-    if array.shape != shape:
-        raise SourceError(
-            f"{path}: is {array.shape[1]}x{array.shape[0]} but the image is {shape[1]}x{shape[0]}"
-        )
-    return array

@@ -164,6 +164,27 @@ def image_size(path: Path) -> tuple[int, int]:
         raise SourceError(f"{path}: not a readable image ({err})") from None
 
 
+def read_png(
+    path: Path, dtypes: tuple[type, ...], shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """A single-channel label PNG exactly as stored (a colour-mapped mask or a wrong bit
+    depth is an error); with ``shape``, it must cover the image pixel for pixel."""
+    data = np.fromfile(path, dtype=np.uint8)
+    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if array is None:
+        raise SourceError(f"{path}: unreadable or corrupt PNG")
+    if array.ndim != 2 or array.dtype not in dtypes:
+        wanted = " or ".join(np.dtype(d).name for d in dtypes)
+        raise SourceError(
+            f"{path}: expected a single-channel {wanted} PNG, got {array.dtype} {array.shape}"
+        )
+    if shape is not None and array.shape != shape:
+        raise SourceError(
+            f"{path}: is {array.shape[1]}x{array.shape[0]} but the image is {shape[1]}x{shape[0]}"
+        )
+    return array
+
+
 def prepare_output(out: str | os.PathLike, overwrite: bool) -> Path:
     """An empty output folder. A non-empty one is refused unless ``overwrite``, and even
     then only a previous dataset (a ``dataset.yaml``, ``manifest.jsonl`` or an interrupted

@@ -14,7 +14,6 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from perception.data.formats.convert import (
@@ -24,6 +23,7 @@ from perception.data.formats.convert import (
     Source,
     SourceError,
     image_size,
+    read_png,
 )
 from perception.errors import PerceptionError
 from perception.structures import Camera
@@ -271,16 +271,5 @@ def lidar_depth(path: Path, calib: dict[str, np.ndarray], width: int, height: in
 
 def _read_depth_map(path: Path, width: int, height: int) -> np.ndarray:
     """Metres from a depth benchmark PNG, which must cover the image pixel for pixel."""
-    data = np.fromfile(path, dtype=np.uint8)
-    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if raw is None:
-        raise SourceError(f"{path}: unreadable or corrupt PNG")
-    if raw.ndim != 2 or raw.dtype != np.uint16:
-        raise SourceError(
-            f"{path}: expected a single-channel uint16 PNG, got {raw.dtype} {raw.shape}"
-        )
-    if raw.shape != (height, width):
-        raise SourceError(
-            f"{path}: is {raw.shape[1]}x{raw.shape[0]} but the image is {width}x{height}"
-        )
+    raw = read_png(path, (np.uint16,), (height, width))
     return raw.astype(np.float32) / np.float32(DEPTH_SCALE)
