@@ -92,11 +92,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from perception.data.formats.convert import Options, convert
+    from perception.data.formats.convert import LANE_WIDTH, Options, convert
 
     options = Options(
         split=args.split,
-        lane_width=args.lane_width,
+        lane_width=args.lane_width or LANE_WIDTH,
         dontcare=args.dontcare,
         alternative=args.alternative,
         depth_maps=args.depth_maps,
@@ -361,7 +361,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    from perception.data.formats.convert import FORMATS, LANE_WIDTH
+    from perception.data.formats import FORMATS  # names only: --help stays instant
 
     p = sub.add_parser("convert", help="convert a public driving dataset to the v1 format")
     p.add_argument("--format", required=True, choices=FORMATS, help="the source dataset")
@@ -371,7 +371,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", default=None, help="class map YAML (default: the five classes)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset at --out")
     p.add_argument("--limit", type=_positive_int, default=None, help="first N samples only")
-    p.add_argument("--lane-width", type=_positive_int, default=LANE_WIDTH, help="lane px")
+    p.add_argument(
+        "--lane-width", type=_positive_int, default=None, help="lane line px (default 8)"
+    )
     p.add_argument(
         "--dontcare", choices=("drop", "ignore"), default="drop", help="KITTI DontCare boxes"
     )

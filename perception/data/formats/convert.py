@@ -25,7 +25,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from perception.data.formats import v1
+from perception.data.formats import FORMATS, v1
 from perception.errors import PerceptionError
 from perception.structures import Camera
 
@@ -293,9 +293,6 @@ def _check_shape(sample: Sample, task: str, array: np.ndarray, shape: tuple[int,
             f"{sample.image}: its {task} label is {array.shape[1]}x{array.shape[0]} "
             f"but the image is {shape[1]}x{shape[0]}"
         )
-
-
-FORMATS = ("bdd100k", "kitti", "cityscapes", "tusimple", "culane")
 
 
 def convert(
