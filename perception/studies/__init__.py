@@ -1,0 +1,1 @@
+"""``perception compare``: the studies behind the design (docs/why-deep.md)."""
