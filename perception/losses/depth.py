@@ -1,4 +1,4 @@
-"""Monocular metric depth loss: SILog + multi-scale gradient matching, on log depth.
+"""Monocular metric depth loss: a regression term + multi-scale gradient matching, on log depth.
 
 Both terms work on ``d = log(pred) - log(gt)`` in metres, over valid pixels only. The head
 outputs natural-log depth for the model's canonical camera; each image's own camera turns
@@ -9,12 +9,23 @@ it into metric depth first (``log(pred) = depth_log + log(f / f_c)``, see
 pixels) is the normal case, so nothing assumes dense maps. Invalid pixels are removed with
 ``torch.where``: their prediction changes neither the loss nor its gradient.
 
+The regression term is chosen by name (``DEPTH_LOSSES``; YAML ``model.loss.depth_loss``):
+
 * **SILog** (Eigen et al., 2014): per image ``sqrt(mean(d^2) - lambda * mean(d)^2)``,
   averaged over the images that have valid pixels. ``mean(d^2) - lambda mean(d)^2 =
   Var(d) + (1 - lambda) mean(d)^2``: ``lambda = 1`` would be fully scale-invariant and
   leave the metric scale unlearnt; ``lambda = 0.85 < 1`` keeps a (1 - lambda) penalty on
   the global log-scale error, so the network still learns metres while the structure
   term dominates. The square root (as in BTS/AdaBins) gives an RMSE-of-log-like scale.
+* **l1, l2, smooth_l1, huber**: plain per-pixel penalties of the same log error ``d``
+  (not of metric depth): the head predicts log depth, and on log depth an error of 1 m at
+  5 m counts as much as 10 m at 50 m, so the far pixels of a road scene (large metric
+  errors) do not drown the near ones. ``l2`` is ``d^2`` without a square root;
+  ``smooth_l1`` and ``huber`` are quadratic below ``beta`` (log units; 0.1 is a ~10 %
+  relative error) and linear above it, ``smooth_l1`` with slope 1 (an L1 that is smooth at
+  0), ``huber`` with slope ``beta`` (an L2 whose outliers are capped). None is
+  scale-invariant. Each image's mean over its valid pixels is averaged over the images
+  with valid pixels, as for SILog, so a sparse LiDAR frame weighs as much as a dense one.
 * **Gradient matching** (Li & Snavely MegaDepth 2018; Ranftl et al. MiDaS): the mean
   ``|dx d| + |dy d|`` over horizontally / vertically adjacent pairs of valid pixels, at
   ``num_scales`` resolutions. It is blind to a global scale and sharpens depth edges,
@@ -28,30 +39,50 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from perception.errors import PerceptionError
 from perception.losses.terms import TaskLoss
 from perception.ops.camera import depth_scale
 
+DEPTH_LOSSES: tuple[str, ...] = ("silog", "l1", "l2", "smooth_l1", "huber")
+
+
+def check_depth_loss(name: str) -> None:
+    """Raise one ``PerceptionError`` naming the valid choices unless ``name`` is one."""
+    if name not in DEPTH_LOSSES:
+        raise PerceptionError(f"unknown depth loss {name!r}; valid: {', '.join(DEPTH_LOSSES)}")
+
 
 class DepthLoss(nn.Module):
-    """``silog_weight * SILog + grad_weight * gradient matching``; terms ``silog``, ``grad``."""
+    """``silog_weight * <loss> + grad_weight * gradient matching``; terms ``<loss>``, ``grad``.
+
+    ``<loss>`` is ``loss`` (default ``silog``); ``silog_weight`` weights it whichever it is.
+    """
 
     def __init__(
         self,
         *,
+        loss: str = "silog",
         silog_lambda: float = 0.85,
         silog_weight: float = 1.0,
         grad_weight: float = 0.5,
         num_scales: int = 4,
         canonical_focal: float = 0.0,
+        beta: float = 0.1,
         eps: float = 1e-6,
     ) -> None:
         """``grad_weight`` 0.5 as MiDaS; ``eps`` keeps the square root differentiable;
-        ``canonical_focal`` is the model's (network pixels; 0 = camera-blind)."""
+        ``canonical_focal`` is the model's (network pixels; 0 = camera-blind); ``beta`` is
+        the quadratic-to-linear switch of ``smooth_l1`` / ``huber`` in log units."""
         super().__init__()
+        check_depth_loss(loss)
         if not 0.0 <= silog_lambda <= 1.0:
             raise ValueError(f"silog_lambda must lie in [0, 1], got {silog_lambda}")
         if num_scales < 1:
             raise ValueError(f"num_scales must be >= 1, got {num_scales}")
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.loss = loss
+        self.beta = float(beta)
         self.silog_lambda = silog_lambda
         self.silog_weight = silog_weight
         self.grad_weight = grad_weight
@@ -79,7 +110,8 @@ class DepthLoss(nn.Module):
                 model is camera-blind. An image whose camera is NaN is left out.
 
         Returns:
-            ``TaskLoss`` with terms ``silog`` and ``grad``; exactly 0 with no valid pixel.
+            ``TaskLoss`` with terms ``<loss>`` (``silog`` by default) and ``grad``; exactly 0
+            with no valid pixel.
         """
         pred = depth_log.float()
         if pred.shape[-2:] != depth.shape[-2:]:
@@ -95,10 +127,30 @@ class DepthLoss(nn.Module):
         mask = (depth > 0) & valid & has_depth[:, None, None]  # [B, H, W]
         gt_log = torch.where(mask, depth, 1.0).float().log()
         diff = torch.where(mask, pred - gt_log, 0.0)  # [B, H, W], 0 where invalid
-        silog = self._silog(diff, mask)
+        silog = self.loss == "silog"
+        regression = self._silog(diff, mask) if silog else self._pointwise(diff, mask)
         grad = self._gradient(diff[:, None], mask[:, None].float())  # [B, 1, H, W]
-        total = self.silog_weight * silog + self.grad_weight * grad
-        return TaskLoss(total, {"silog": silog, "grad": grad}, mask.any())
+        total = self.silog_weight * regression + self.grad_weight * grad
+        return TaskLoss(total, {self.loss: regression, "grad": grad}, mask.any())
+
+    def _pointwise(self, diff: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean over images with valid pixels of the per-image mean penalty of ``diff``.
+
+        ``[B, H, W]`` inputs; ``diff`` is 0 where invalid, so every penalty is 0 there too.
+        """
+        zero = torch.zeros_like(diff)
+        if self.loss == "l1":
+            penalty = diff.abs()
+        elif self.loss == "l2":
+            penalty = diff.pow(2)
+        elif self.loss == "smooth_l1":
+            penalty = F.smooth_l1_loss(diff, zero, reduction="none", beta=self.beta)
+        else:  # huber
+            penalty = F.huber_loss(diff, zero, reduction="none", delta=self.beta)  # [B, H, W]
+        count = mask.sum(dim=(1, 2))  # [B]
+        per_image = penalty.sum(dim=(1, 2)) / count.clamp(min=1)  # [B]
+        has = count > 0
+        return torch.where(has, per_image, 0.0).sum() / has.sum().clamp(min=1)
 
     def _silog(self, diff: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean over images with valid pixels of the per-image SILog; ``[B, H, W]`` inputs."""

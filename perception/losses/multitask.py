@@ -20,7 +20,7 @@ from perception.losses.combiners import (
     FixedWeights,
     build_combiner,
 )
-from perception.losses.depth import DepthLoss
+from perception.losses.depth import DepthLoss, check_depth_loss
 from perception.losses.detection import DetectionLoss
 from perception.losses.segmentation import SegmentationLoss
 from perception.losses.terms import TaskLoss
@@ -46,8 +46,12 @@ class LossConfig:
         lane_tversky_alpha, lane_tversky_beta: Tversky false-positive / false-negative
             weights of the lane channel (drivable uses soft Dice, 0.5 / 0.5).
         seg_bce_weight, seg_dice_weight: weights of the two segmentation terms.
+        depth_loss: the depth regression term on log depth: ``silog``, ``l1``, ``l2``,
+            ``smooth_l1`` or ``huber`` (``losses.depth``; the gradient term stays).
+        depth_loss_beta: where ``smooth_l1`` / ``huber`` turn linear (log units).
         silog_lambda: SILog scale-invariance (1 = fully invariant, metric scale unlearnt).
-        silog_weight, depth_grad_weight: weights of the two depth terms.
+        silog_weight, depth_grad_weight: weights of the two depth terms (``silog_weight``
+            weights the regression term whichever ``depth_loss`` is).
         depth_scales: resolutions of the depth gradient-matching term.
     """
 
@@ -69,6 +73,12 @@ class LossConfig:
     silog_weight: float = 1.0
     depth_grad_weight: float = 0.5
     depth_scales: int = 4
+    depth_loss: str = "silog"
+    depth_loss_beta: float = 0.1
+
+    def __post_init__(self) -> None:
+        """A misspelt loss name fails when the config is read, not at the first batch."""
+        check_depth_loss(self.depth_loss)
 
 
 def build_loss(
@@ -98,11 +108,13 @@ def build_loss(
         dice_weight=cfg.seg_dice_weight,
     )
     depth = DepthLoss(
+        loss=cfg.depth_loss,
         silog_lambda=cfg.silog_lambda,
         silog_weight=cfg.silog_weight,
         grad_weight=cfg.depth_grad_weight,
         num_scales=cfg.depth_scales,
         canonical_focal=canonical_focal,
+        beta=cfg.depth_loss_beta,
     )
     return MultiTaskLoss(combiner, detection=detection, segmentation=segmentation, depth=depth)
 
@@ -112,7 +124,8 @@ class MultiTaskLoss(nn.Module):
 
     Parts (all ``[]`` tensors; the caller adds the ``train/`` prefix):
     ``det_cls``, ``det_box``, ``lane_bce``, ``lane_dice``, ``drivable_bce``,
-    ``drivable_dice`` (only with a drivable channel), ``depth_silog``, ``depth_grad`` —
+    ``drivable_dice`` (only with a drivable channel), ``depth_silog`` (``depth_<loss>``
+    with another ``LossConfig.depth_loss``), ``depth_grad`` —
     unweighted terms; ``det``, ``seg``, ``depth`` — per-task totals (within-task weights
     applied, combiner weights not); ``weight_det``, ``weight_seg``, ``weight_depth`` — the
     combiner's effective weights this step (detached).
