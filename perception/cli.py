@@ -14,107 +14,8 @@ from collections.abc import Callable, Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-
-def _size(text: str) -> tuple[int, int]:
-    """``HxW`` -> ``(H, W)``."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"size must look like 384x640 (HxW), got {text!r}"
-        ) from None
-    if h < 32 or w < 32:
-        raise argparse.ArgumentTypeError(f"size {text!r} is too small (at least 32x32)")
-    return h, w
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _camera(text: str) -> tuple[float, float, float, float]:
-    """``fx,fy,cx,cy`` -> floats (pixels of the input images)."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4 or values[0] <= 0 or values[1] <= 0:
-        raise argparse.ArgumentTypeError(
-            f"camera must be fx,fy,cx,cy in pixels with fx, fy > 0, got {text!r}"
-        )
-    return values  # type: ignore[return-value]
-
-
-def _hfov(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 180.0:
-        raise argparse.ArgumentTypeError(f"hfov must be in (0, 180) degrees, got {text}")
-    return value
-
-
-def _add_camera_args(p: argparse.ArgumentParser, whose: str) -> None:
-    group = p.add_mutually_exclusive_group()
-    group.add_argument(
-        "--camera",
-        type=_camera,
-        default=None,
-        metavar="FX,FY,CX,CY",
-        help=f"intrinsics of {whose} in their own pixels (metric depth depends on them)",
-    )
-    group.add_argument(
-        "--hfov",
-        type=_hfov,
-        default=None,
-        metavar="DEG",
-        help=f"or the horizontal field of view of {whose} (default: the weights')",
-    )
-
-
-def _cmd_synth(args: argparse.Namespace) -> int:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")  # one render process per core; no BLAS threads
-    from perception.data.synthetic.writer import write_dataset
-
-    write_dataset(
-        args.out,
-        num=args.num,
-        seed=args.seed,
-        size=args.size,
-        workers=args.workers,
-        preview=args.preview,
-        focal_range=tuple(args.focal_range),
-        tasks=args.tasks,
-    )
-    return 0
-
-
-def _cmd_convert(args: argparse.Namespace) -> int:
-    from perception.data.formats.convert import LANE_WIDTH, Options, convert
-
-    options = Options(
-        split=args.split,
-        lane_width=args.lane_width or LANE_WIDTH,
-        dontcare=args.dontcare,
-        alternative=args.alternative,
-        depth_maps=args.depth_maps,
-        limit=args.limit,
-    )
-    summary = convert(args.format, args.src, args.out, options, args.classes, args.overwrite)
-    print(f"convert: wrote {args.out}")
-    for line in summary.lines():
-        print(f"  {line}")
-    return 0
-
-
-def _cmd_check_data(args: argparse.Namespace) -> int:
-    from perception.data.check import check_dataset, print_report
-
-    problems, num_samples = check_dataset(args.root)
-    print_report(problems, num_samples)
-    return 1 if problems else 0
+from perception.cli_args import add_camera_args, positive_int, size
+from perception.cli_data import add_check_data, add_convert, add_synth
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -207,10 +108,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1")
     p.add_argument("--conf", type=float, default=0.25, help="detection score threshold")
     p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=_positive_int, default=300)
+    p.add_argument("--max-det", type=positive_int, default=300)
     p.add_argument("--save-raw", action="store_true", help="also write each Prediction as .npz")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    _add_camera_args(p, "the source images")
+    add_camera_args(p, "the source images")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -243,9 +144,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--weights", default=None, help="default: the release in weights/")
     p.add_argument("--source", default=None, help="also predict this image, folder or video")
-    p.add_argument("--num", type=_positive_int, default=24, help="synthetic scenes to render")
-    p.add_argument("--size", type=_size, default=(384, 640), help="scene size HxW")
-    _add_camera_args(p, "the --source images")
+    p.add_argument("--num", type=positive_int, default=24, help="synthetic scenes to render")
+    p.add_argument("--size", type=size, default=(384, 640), help="scene size HxW")
+    add_camera_args(p, "the --source images")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -275,16 +176,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency/throughput per runtime (+ accuracy), table + JSON")
     p.add_argument("--weights", required=True, help=".ckpt or .safetensors")
-    p.add_argument("--size", type=_size, default=None, help="input HxW (default: the weights')")
+    p.add_argument("--size", type=size, default=None, help="input HxW (default: the weights')")
     p.add_argument("--device", default=None, help="torch device (default: cuda if any)")
-    p.add_argument("--batch", type=_positive_int, default=8, help="throughput batch size")
-    p.add_argument("--iters", type=_positive_int, default=20, help="timed calls per row")
+    p.add_argument("--batch", type=positive_int, default=8, help="throughput batch size")
+    p.add_argument("--iters", type=positive_int, default=20, help="timed calls per row")
     p.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime rows")
     p.add_argument("--calib", default=None, help="v1 dataset for INT8 calibration")
     p.add_argument("--data", default=None, help="v1 dataset: accuracy per runtime (+ training)")
-    p.add_argument("--eval-images", type=_positive_int, default=200)
+    p.add_argument("--eval-images", type=positive_int, default=200)
     p.add_argument("--train-steps", type=int, default=0, help="timed training steps (0: skip)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads per runtime")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads per runtime")
     p.add_argument("--workers", type=int, default=2, help="data workers for training rows")
     p.add_argument("--json", default="runs/bench/bench.json", help="where to write the JSON")
     p.set_defaults(func=_cmd_bench)
@@ -297,7 +198,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16", action="store_true", help="fp16 internals, fp32 inputs/outputs")
     p.add_argument("--int8", action="store_true", help="static INT8 (QDQ), needs --calib")
     p.add_argument("--calib", default=None, help="v1 dataset with calibration images")
-    p.add_argument("--calib-images", type=_positive_int, default=64)
+    p.add_argument("--calib-images", type=positive_int, default=64)
     p.add_argument("--dynamic", action="store_true", help="dynamic batch (and H/W without --nms)")
     p.add_argument("--nms", action="store_true", help="decode + class-aware NMS in the graph")
     p.add_argument("--opset", type=int, default=18)
@@ -321,83 +222,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, help=".ckpt or .safetensors")
     p.add_argument("--data", required=True, help="v1 dataset root")
     p.add_argument("--json", default=None, help="write the metric keys here")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
-    p.add_argument("--limit", type=_positive_int, default=None, help="first N samples only")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N samples only")
     p.set_defaults(func=_cmd_eval)
-
-
-def _add_synth(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synth", help="render a synthetic driving dataset (v1 format)")
-    p.add_argument("--out", required=True, help="output dataset root (must not hold a dataset)")
-    p.add_argument("--num", type=_positive_int, required=True, help="number of images")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
-    p.add_argument("--size", type=_size, default=(384, 640), help="image size HxW")
-    p.add_argument(
-        "--workers",
-        type=_positive_int,
-        default=os.cpu_count() or 1,
-        help="render processes (default: all cores)",
-    )
-    p.add_argument("--preview", default=None, help="also write a contact sheet PNG here")
-    p.add_argument(
-        "--focal-range",
-        type=float,
-        nargs=2,
-        default=(0.6, 1.1),
-        metavar=("MIN", "MAX"),
-        help="focal length as a multiple of the image width (default 0.6 1.1); e.g. "
-        "1.2 1.5 renders lenses longer than any in the default training data",
-    )
-    p.add_argument(
-        "--tasks",
-        type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
-        default=["det", "lane", "drivable", "depth"],
-        help="labels to write, e.g. det,lane,drivable (default: all four); the others are "
-        "left out, as in a real dataset that labels only some tasks",
-    )
-    p.set_defaults(func=_cmd_synth)
-
-
-def _add_convert(sub: argparse._SubParsersAction) -> None:
-    from perception.data.formats import FORMATS  # names only: --help stays instant
-
-    p = sub.add_parser("convert", help="convert a public driving dataset to the v1 format")
-    p.add_argument("--format", required=True, choices=FORMATS, help="the source dataset")
-    p.add_argument("--src", required=True, help="the dataset's root, as published")
-    p.add_argument("--out", required=True, help="output v1 dataset root (must be empty)")
-    p.add_argument("--split", default="train", help="train, val, test (default: train)")
-    p.add_argument("--classes", default=None, help="class map YAML (default: the five classes)")
-    p.add_argument("--overwrite", action="store_true", help="replace a dataset at --out")
-    p.add_argument("--limit", type=_positive_int, default=None, help="first N samples only")
-    p.add_argument(
-        "--lane-width", type=_positive_int, default=None, help="lane line px (default 8)"
-    )
-    p.add_argument(
-        "--dontcare", choices=("drop", "ignore"), default="drop", help="KITTI DontCare boxes"
-    )
-    p.add_argument(
-        "--alternative",
-        choices=("drivable", "background", "ignore"),
-        default="drivable",
-        help="what BDD100K's alternative (adjacent-lane) area becomes",
-    )
-    p.add_argument("--depth-maps", default=None, help="KITTI: annotated depth maps folder")
-    p.set_defaults(func=_cmd_convert)
-
-
-def _add_check_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check-data", help="validate a v1 dataset, one line per problem")
-    p.add_argument("root", help="dataset root holding dataset.yaml and manifest.jsonl")
-    p.set_defaults(func=_cmd_check_data)
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_demo,
-    _add_synth,
-    _add_convert,
-    _add_check_data,
+    add_synth,
+    add_convert,
+    add_check_data,
     _add_train,
     _add_eval,
     _add_predict,

@@ -1,0 +1,64 @@
+"""Argument types shared by the ``perception`` subcommands (argparse only: importing
+this never loads torch or cv2)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def size(text: str) -> tuple[int, int]:
+    """``HxW`` -> ``(H, W)``."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"size must look like 384x640 (HxW), got {text!r}"
+        ) from None
+    if h < 32 or w < 32:
+        raise argparse.ArgumentTypeError(f"size {text!r} is too small (at least 32x32)")
+    return h, w
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def camera(text: str) -> tuple[float, float, float, float]:
+    """``fx,fy,cx,cy`` -> floats (pixels of the input images)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or values[0] <= 0 or values[1] <= 0:
+        raise argparse.ArgumentTypeError(
+            f"camera must be fx,fy,cx,cy in pixels with fx, fy > 0, got {text!r}"
+        )
+    return values  # type: ignore[return-value]
+
+
+def hfov(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 180.0:
+        raise argparse.ArgumentTypeError(f"hfov must be in (0, 180) degrees, got {text}")
+    return value
+
+
+def add_camera_args(p: argparse.ArgumentParser, whose: str) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--camera",
+        type=camera,
+        default=None,
+        metavar="FX,FY,CX,CY",
+        help=f"intrinsics of {whose} in their own pixels (metric depth depends on them)",
+    )
+    group.add_argument(
+        "--hfov",
+        type=hfov,
+        default=None,
+        metavar="DEG",
+        help=f"or the horizontal field of view of {whose} (default: the weights')",
+    )
