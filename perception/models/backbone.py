@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from perception.errors import PerceptionError
+from perception.models.plain import PlainBackbone, is_plain
 
 # Four levels, finest first; the neck and heads rely on exactly these reductions.
 OUT_INDICES: tuple[int, ...] = (-4, -3, -2, -1)
@@ -188,3 +189,14 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         """``[B, 3, H, W]`` -> maps ``[B, out_channels[i], H/strides[i], W/strides[i]]``."""
         return list(self.body(x))
+
+
+def build_backbone(
+    name: str, *, pretrained: bool | str = False, act: str = "relu", norm: str = "batch"
+) -> nn.Module:
+    """The backbone a ``ModelConfig.backbone`` names: a timm CNN (``Backbone``), or a plain
+    conv stack for ``plain:<depth>x<width>`` (``models.plain``; the only kind that uses
+    ``act`` and ``norm``, a timm model keeping its own layers)."""
+    if is_plain(name):
+        return PlainBackbone(name, pretrained=pretrained, act=act, norm=norm)
+    return Backbone(name, pretrained=pretrained)

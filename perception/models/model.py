@@ -16,10 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from perception.errors import PerceptionError
-from perception.models.backbone import Backbone
+from perception.models.backbone import Backbone, build_backbone
 from perception.models.heads import DepthHead, DetectionHead, LaneHead
 from perception.models.layers import check_act, check_norm
 from perception.models.necks import PAFPN
+from perception.models.plain import PlainBackbone, is_plain, parse_plain
 from perception.ops.camera import DEFAULT_HFOV
 from perception.ops.points import dense_points, level_sizes
 from perception.structures import HeadOutputs
@@ -33,7 +34,9 @@ class ModelConfig:
     Detection strides are not configurable: they are the backbone's 8/16/32 levels.
 
     Attributes:
-        backbone: timm model name (a CNN with ``features_only``), optionally ``name.tag``.
+        backbone: timm model name (a CNN with ``features_only``), optionally ``name.tag``;
+            or ``plain:<depth>x<width>``, a residual-free conv stack (``models.plain``)
+            whose layers follow ``act`` and ``norm``.
         pretrained: ``False`` random init, ``True`` timm hub weights, or a local file path.
         num_classes: K detection classes.
         drivable: add the drivable-area channel to the segmentation head (S = 2, else 1).
@@ -67,6 +70,8 @@ class ModelConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise PerceptionError(f"model config: {name} must be a positive int, got {value!r}")
         check_act(self.act)
+        if is_plain(self.backbone):
+            parse_plain(self.backbone)
         check_norm(self.norm)
         if isinstance(self.canonical_focal, bool) or not self.canonical_focal >= 0:
             raise PerceptionError(
@@ -105,7 +110,7 @@ class MultiTaskModel(nn.Module):
 
     def __init__(
         self,
-        backbone: Backbone,
+        backbone: Backbone | PlainBackbone,
         neck: PAFPN,
         detection: DetectionHead,
         lane: LaneHead,
@@ -166,7 +171,7 @@ class MultiTaskModel(nn.Module):
 def build_model(cfg: ModelConfig) -> MultiTaskModel:
     """The one factory: a ``MultiTaskModel`` whose wiring is read from the backbone."""
     layer = {"act": cfg.act, "norm": cfg.norm}
-    backbone = Backbone(cfg.backbone, pretrained=cfg.pretrained)
+    backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, **layer)
     neck = PAFPN(
         backbone.out_channels,
         backbone.strides,
