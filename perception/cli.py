@@ -16,6 +16,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from perception.cli_args import add_camera_args, positive_int, size
 from perception.cli_data import add_check_data, add_convert, add_synth
+from perception.cli_studies import add_compare, add_features
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -239,6 +240,8 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_predict,
     _add_export,
     _add_bench,
+    add_features,
+    add_compare,
 )
 
 

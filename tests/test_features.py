@@ -106,3 +106,16 @@ def test_default_output_name_and_bad_inputs(
         feature_figure(release, tmp_path / "nothing.png")
     with pytest.raises(PerceptionError, match="top_k"):
         feature_figure(release, scene, top_k=0)
+
+
+def test_features_command(release: Path, scene: Path, tmp_path: Path, capsys) -> None:
+    from perception.cli import main
+
+    out = tmp_path / "f.png"
+    assert main(["features", "--weights", str(release), "--source", str(scene), "--out",
+                 str(out), "--top-k", "2"]) == 0  # fmt: skip
+    assert f"features: {out}" in capsys.readouterr().out
+    assert Image.open(out).size[0] > 0
+    assert main(["features", "--weights", str(tmp_path / "nope.safetensors"), "--source",
+                 str(scene)]) == 2  # fmt: skip
+    assert capsys.readouterr().err.count("\n") == 1

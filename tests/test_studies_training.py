@@ -239,3 +239,16 @@ def test_sweeps_vary_only_their_knob(
         rows = {row["arm"]: row for row in result.rows}
         for arm, cfg in optimizers.ARMS.items():
             assert rows[arm]["lr"] == f"{cfg['lr']:g}" and result.raw[arm]["config"] == cfg
+
+
+def test_compare_command_prints_the_table_and_writes_the_files(out: Path, capsys) -> None:
+    from perception.cli import main
+
+    args = ["compare", "--study", "deep_vs_wide", "--out", str(out / "cli"), "--budget",
+            str(TINY_BUDGET), "--seeds", *map(str, SEEDS)]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert all(arm in printed for arm in ARMS["deep_vs_wide"])
+    saved = report.load(out / "cli" / "deep_vs_wide.json")
+    assert (out / "cli" / saved.plot).is_file() and (out / "cli" / "deep_vs_wide.md").is_file()
+    assert report.markdown_table(saved) in printed
