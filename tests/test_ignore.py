@@ -26,7 +26,7 @@ from perception.data.transforms import AugmentConfig, SampleTransform, letterbox
 from perception.losses import DetectionLoss, MultiTaskLoss
 from perception.ops.points import dense_points, level_sizes
 from perception.structures import Batch, Detections, HeadOutputs, Sample
-from perception.training.metrics import DetectionEvaluator, MetricsSuite, to_coco
+from perception.training.metrics import DetectionEvaluator, MetricsSuite
 
 H, W = 64, 96
 GT = [30.0, 20.0, 50.0, 36.0]
@@ -356,31 +356,6 @@ def _regions_near(dets: list[Detections], seed: int) -> list[torch.Tensor]:
     return out
 
 
-def _coco_reference(dets, gt_boxes, gt_labels, ignore, scales) -> dict[str, float]:
-    from faster_coco_eval import COCO, COCOeval_faster
-
-    gt, results = to_coco(dets, gt_boxes, gt_labels, tm.NUM_CLASSES, scales, ignore=ignore)
-    quiet = logging.getLogger("faster_coco_eval_test").debug
-    coco_gt = COCO(gt, print_function=quiet)
-    coco_dt = coco_gt.loadRes(results)
-    for ann in coco_dt.dataset["annotations"] if scales is not None else []:
-        ann["area"] /= float(scales[ann["image_id"] - 1]) ** 2  # loadRes: network pixels
-    ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=quiet)
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    recall = ev.eval["recall"][0, :, 0, -1]  # [T, K, A, M] -> IoU 0.5, all areas, 100 dets
-    return {
-        "det/mAP50": float(ev.stats[1]),
-        "det/mAP50_95": float(ev.stats[0]),
-        "det/recall": float(recall[recall > -1].mean()),
-        **{
-            k: float(v) if v > -1 else math.nan
-            for k, v in zip(tm.AREA_KEYS, ev.stats[3:6], strict=True)
-        },
-    }
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ignore_regions_agree_with_faster_coco_eval_crowds(seed):
     """Our evaluator with regions == faster-coco-eval with them as ``iscrowd=1`` boxes."""
@@ -390,7 +365,7 @@ def test_ignore_regions_agree_with_faster_coco_eval_crowds(seed):
     ev, plain = DetectionEvaluator(), DetectionEvaluator()
     ev.update(dets, gt_boxes, gt_labels, [True] * len(dets), scales=scales, ignore=regions)
     plain.update(dets, gt_boxes, gt_labels, [True] * len(dets), scales=scales)
-    ours, ref = ev.compute(), _coco_reference(dets, gt_boxes, gt_labels, regions, scales)
+    ours, ref = ev.compute(), tm.coco_reference(dets, gt_boxes, gt_labels, scales, ignore=regions)
     assert ours["det/mAP50"] > plain.compute()["det/mAP50"]  # the regions forgave something
     assert ours["det/recall"] == plain.compute()["det/recall"]  # and are not ground truth
     for key in ref:

@@ -64,10 +64,10 @@ def _random_split(seed: int, num_images: int = 20):
     return dets, gt_boxes, gt_labels
 
 
-def _coco_reference(dets, gt_boxes, gt_labels, scales=None) -> dict[str, float]:
+def coco_reference(dets, gt_boxes, gt_labels, scales=None, ignore=None) -> dict[str, float]:
     from faster_coco_eval import COCO, COCOeval_faster
 
-    gt, results = to_coco(dets, gt_boxes, gt_labels, NUM_CLASSES, scales)
+    gt, results = to_coco(dets, gt_boxes, gt_labels, NUM_CLASSES, scales, ignore=ignore)
     quiet = logging.getLogger("faster_coco_eval_test").debug
     coco_gt = COCO(gt, print_function=quiet)
     coco_dt = coco_gt.loadRes(results)
@@ -99,7 +99,7 @@ def test_detection_map_agrees_with_faster_coco_eval(seed):
     scales = None if seed == 0 else np.random.default_rng(seed).choice([1.0, 0.5, 0.3], 20)
     ev = DetectionEvaluator()
     ev.update(dets, gt_boxes, gt_labels, [True] * len(dets), scales=scales)
-    ours, ref = ev.compute(), _coco_reference(dets, gt_boxes, gt_labels, scales)
+    ours, ref = ev.compute(), coco_reference(dets, gt_boxes, gt_labels, scales)
     assert list(ours) == ["det/mAP50", "det/mAP50_95", "det/recall", *AREA_KEYS]
     assert 0.1 < ref["det/mAP50_95"] < ref["det/mAP50"] < 0.95  # a non-trivial case
     for key in ref:  # the area ranges agree to rounding
@@ -122,7 +122,7 @@ def test_detection_small_missed_large_found():
     ours = ev.compute()
     assert ours["det/mAP_small"] == 0.0 and ours["det/mAP_large"] == 1.0
     assert math.isnan(ours["det/mAP_medium"])  # no ground truth in range: NaN
-    ref = _coco_reference(dets, gt_boxes, [torch.tensor([0, 0, 0])])
+    ref = coco_reference(dets, gt_boxes, [torch.tensor([0, 0, 0])])
     assert ours == pytest.approx(ref, abs=1e-12, nan_ok=True)
     # at letterbox scale 0.25 a found 30 x 30 box is 14400 source px^2 (large), and a
     # missed 5 x 5 one 400 (small); at scale 1 the found box would count as small
@@ -136,7 +136,7 @@ def test_detection_small_missed_large_found():
         assert ours["det/mAP_small"] == pytest.approx(small, abs=0.01)
         assert ours["det/mAP_large"] == pytest.approx(large, nan_ok=True)
         assert ours == pytest.approx(
-            _coco_reference(dets, gt_boxes, gt_labels, scales), abs=1e-12, nan_ok=True
+            coco_reference(dets, gt_boxes, gt_labels, scales), abs=1e-12, nan_ok=True
         )
 
 
@@ -153,7 +153,7 @@ def test_detection_area_range_prefers_the_counted_ground_truth():
     ours = ev.compute()
     assert ours["det/mAP_small"] == pytest.approx((0.9 + 1.0) / 2)  # IoU .911 < 0.95
     assert ours["det/mAP_medium"] == pytest.approx((0.9 + 1.0) / 2)
-    assert ours == pytest.approx(_coco_reference(dets, gt_boxes, gt_labels), abs=1e-12, nan_ok=True)
+    assert ours == pytest.approx(coco_reference(dets, gt_boxes, gt_labels), abs=1e-12, nan_ok=True)
 
 
 def test_detection_iou_exactly_at_a_threshold_matches_like_coco():
@@ -163,7 +163,7 @@ def test_detection_iou_exactly_at_a_threshold_matches_like_coco():
     dets = [Detections(boxes, torch.tensor([0.9, 0.8]), torch.tensor([0, 0]))]
     ev = DetectionEvaluator()
     ev.update(dets, gt_boxes, gt_labels, [True])
-    ours, ref = ev.compute(), _coco_reference(dets, gt_boxes, gt_labels)
+    ours, ref = ev.compute(), coco_reference(dets, gt_boxes, gt_labels)
     assert ours["det/mAP50"] == 1.0
     assert ours == pytest.approx(ref, abs=1e-12, nan_ok=True)
 
