@@ -42,7 +42,7 @@ from perception.data.synthetic.scene import CLASSES
 from perception.data.synthetic.writer import write_dataset
 from perception.data.transforms import SampleTransform
 from perception.structures import Sample
-from perception.studies.report import mean_std
+from perception.studies.report import cell
 from perception.training.metrics import MetricsSuite
 from perception.training.module import PerceptionModule
 from perception.training.precision import default_precision
@@ -281,12 +281,6 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(level)
-
-
-def cell(values: Sequence[float]) -> str:
-    """``"0.612 ± 0.020"`` over seeds (the table's format; ``raw`` keeps the numbers)."""
-    mean, std = mean_std(values)
-    return f"{mean:.3f} ± {std:.3f}"
 
 
 def metric_cells(runs: Sequence[Mapping[str, Any]], keys: Sequence[str] = METRIC_KEYS) -> dict:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from perception.studies.report import Result, mean_std
+from perception.studies.report import Result, cell
 from perception.studies.scenes import render_scenes
 
 NAME = "gradients"
@@ -201,12 +201,6 @@ def train_arm(
         "final_loss": float(np.mean(tail)),
         **_heldout(model, val_images, val_target, float(target.mean())),
     }
-
-
-def cell(values: Sequence[float]) -> str:
-    """``"0.612 ± 0.020"`` over seeds (the table's format; ``raw`` keeps the numbers)."""
-    mean, std = mean_std(values)
-    return f"{mean:.3f} ± {std:.3f}"
 
 
 def summarise(arm: str, per_seed: Sequence[dict]) -> dict:

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from perception.checkpoints import load_model
 from perception.models import ModelConfig, build_model
 from perception.studies.probes import probe_auc
-from perception.studies.report import Result, mean_std
+from perception.studies.report import Result, cell, mean_std
 from perception.studies.scenes import render_scenes
 
 NAME = "hierarchy"
@@ -128,12 +128,6 @@ def score(features: list[Tensor], targets: list[dict], seed: int) -> dict[str, l
             tr, te = keep & train[:, None], keep & ~train[:, None]  # [N, P]
             out[target].append(probe_auc(feats[tr], y[tr], feats[te], y[te], seed))
     return out
-
-
-def cell(values: Sequence[float]) -> str:
-    """``"0.612 ± 0.020"`` over seeds (the table's format; ``raw`` keeps the numbers)."""
-    mean, std = mean_std(values)
-    return f"{mean:.3f} ± {std:.3f}"
 
 
 def per_stage(scores: dict, kind: str, target: str) -> list[list[float]]:
