@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,9 @@ def _config(values: dict, strict: bool) -> ModelConfig:
 
 
 def _from_ckpt(path: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+        warnings.simplefilter("ignore")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     hp = dict(ckpt.get("hyper_parameters") or {})
     if "class_names" not in hp:
         raise PerceptionError(f"{path}: not a perception checkpoint (no class_names hparam)")
@@ -88,20 +91,55 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
         raise PerceptionError(f"{path}: expected a .ckpt or .safetensors file")
     try:
         weights, meta = readers[path.suffix](path)
-    except (RuntimeError, OSError, ValueError, KeyError) as err:
-        if isinstance(err, PerceptionError):
-            raise
-        raise PerceptionError(f"{path}: cannot read weights ({str(err).splitlines()[0]})") from None
-    config = _config(meta.config, strict=True)
+        config = _config(meta.config, strict=True)
+    except PerceptionError:
+        raise
+    except Exception as err:  # truncated, empty, foreign or pickled-code files alike
+        raise PerceptionError(f"{path}: cannot read weights ({_reason(err)})") from None
     meta.config = dataclasses.asdict(config)  # every field, defaults filled in
     model = build_model(config)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise PerceptionError(
-            f"{path}: weights do not match the architecture "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+    _check_fits(path, model.state_dict(), weights)
+    model.load_state_dict(weights)
     return LoadedModel(model.eval().to(device), meta)
+
+
+def _reason(err: Exception) -> str:
+    """The first line of a reader's error; torch's refusal to unpickle code, said plainly."""
+    text = str(err).strip()
+    if "Weights only load failed" in text:  # torch's safe unpickler refused an instruction
+        why = [line for line in text.splitlines() if "nsupported" in line]  # torch's wording
+        why = why[0].split("WeightsUnpickler error:")[-1].strip().split(". ")[0] if why else ""
+        return (
+            "refused by the tensors-only loader: corrupt, or pickled objects that could run "
+            f"code ({why.rstrip('.') or 'unsupported content'})"
+        )
+    if isinstance(err, EOFError):
+        return "empty or truncated file"
+    first = text.splitlines()[0].split(". ")[0] if text else type(err).__name__
+    if type(err).__name__ == "SafetensorError":
+        return f"not a complete safetensors file: {first}"
+    return first[:200]
+
+
+def _check_fits(path: Path, ours: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]):
+    """One error naming the tensors that the metadata's architecture does not have, lacks,
+    or has in another shape (a file whose metadata was edited, or weights from elsewhere)."""
+    missing = [k for k in ours if k not in weights]
+    unexpected = [k for k in weights if k not in ours]
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} in the file, {tuple(v.shape)} here"
+        for k, v in ours.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{label} {len(keys)}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+            if keys
+        ]
+        raise PerceptionError(
+            f"{path}: weights do not fit the architecture in its metadata ({'; '.join(parts)})"
+        )
 
 
 # fields that may differ between a model and the file it starts from: the class list

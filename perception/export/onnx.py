@@ -311,7 +311,11 @@ def read_metadata(onnx_path: str | os.PathLike) -> dict[str, Any]:
     """``metadata_props`` of an exported file, JSON-decoded (``{}`` for a foreign file)."""
     import onnx
 
-    proto = onnx.load(str(onnx_path), load_external_data=False)
+    try:
+        proto = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as err:  # protobuf's DecodeError and friends: not an ONNX model
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise PerceptionError(f"{onnx_path}: not a readable ONNX model ({reason})") from None
     out = {}
     for entry in proto.metadata_props:
         try:
