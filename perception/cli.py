@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="perception", description="Multi-task driving-scene perception."
     )
+    from perception import __version__
+
+    parser.add_argument("--version", action="version", version=f"perception {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)

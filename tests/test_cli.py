@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -65,3 +66,43 @@ def test_every_subcommand_has_a_tools_wrapper():
         script = ROOT / "tools" / f"{name.replace('-', '_')}.py"
         assert script.is_file(), f"missing {script}"
         assert f'main(["{name}", *sys.argv[1:]])' in script.read_text()
+
+
+def test_version_prints_the_package_version(capsys):
+    from perception import __version__
+
+    with pytest.raises(SystemExit) as err:
+        main(["--version"])
+    assert err.value.code == 0
+    assert capsys.readouterr().out.strip() == f"perception {__version__}"
+
+
+TRAIN_MISTAKES = {
+    "missing config": (["--config", "nope.yaml"], "config file not found: .*nope.yaml"),
+    "unknown key on the command line": (
+        ["--model.lrr", "3"],
+        r"unknown key 'model\.lrr'.*model\.lr\b",
+    ),
+    "unknown key in YAML": (
+        ["--config", "{yaml}"],
+        r"unknown key 'data\.batchsize'.*data\.batch_size",
+    ),
+    "abbreviated key": (["--config", "{good}", "--trainer.max_step", "3"], "trainer.max_steps"),
+    "wrong type": (["--config", "{good}", "--data.batch_size", "x"], r"data\.batch_size.*int"),
+}
+
+
+@pytest.mark.parametrize("mistake", TRAIN_MISTAKES, ids=list(TRAIN_MISTAKES))
+def test_train_config_mistakes_are_one_line_naming_the_key(mistake, tmp_path, capsys):
+    """Not jsonargparse's usage dump, which names a 'fit' subcommand nobody typed; and an
+    abbreviated key is refused rather than silently taken for a longer one."""
+    good = tmp_path / "good.yaml"
+    good.write_text("model: {class_names: [car]}\ndata: {train: [nowhere]}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {class_names: [car]}\ndata: {train: [nowhere], batchsize: 4}\n")
+    args, expected = TRAIN_MISTAKES[mistake]
+    args = [a.format(yaml=bad, good=good) for a in args]
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("perception train: error:") and "\n" not in err and "fit" not in err
+    assert re.search(expected, err), err

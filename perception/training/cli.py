@@ -9,6 +9,9 @@ default camera are written once and cannot disagree.
 
 from __future__ import annotations
 
+import argparse
+import difflib
+import re
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from perception.data.datamodule import PerceptionDataModule
+from perception.errors import PerceptionError
 from perception.training.module import PerceptionModule
 from perception.training.precision import default_precision
 
@@ -25,6 +29,38 @@ class PerceptionCLI(LightningCLI):
         parser.link_arguments("model.class_names", "data.classes")
         parser.link_arguments("data.image_size", "model.image_size")
         parser.link_arguments("model.net.default_hfov", "data.default_hfov")
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, turning jsonargparse's usage dump into one line that names the key."""
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            raise PerceptionError(config_error(parser, str(err))) from None
+
+
+def config_error(parser, message: str) -> str:
+    """One line for a config or command-line mistake, with close matches to an unknown key.
+
+    jsonargparse words it as ``Subcommand 'fit' does not accept option 'model.lrr'`` (YAML)
+    or ``unrecognized arguments: --model.lrr 3`` (command line).
+    """
+    message = " ".join(message.split())  # its messages span lines
+    unknown = re.search(
+        r"does not accept option '([^']+)'|unrecognized arguments: --(\S+)", message
+    )
+    missing = re.search(r'Parser key "config": File does not exist: (.+)$', message)
+    if missing:
+        return f"config file not found: {missing.group(1)}"
+    if not unknown:
+        return message.replace("fit.", "")  # 'fit' is LightningCLI's subcommand, not the user's
+    key = unknown.group(1) or unknown.group(2)
+    sub = (
+        parser._subcommands_action._name_parser_map["fit"] if parser._subcommands_action else parser
+    )
+    keys = [k for k in sub.get_defaults().keys() if not k.startswith("__")]  # noqa: SIM118
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown key {key!r}{hint} (perception train --help lists every key)"
 
 
 def trainer_defaults() -> dict:
@@ -75,6 +111,7 @@ def run_train(argv: Sequence[str]) -> None:
             PerceptionDataModule,
             trainer_defaults=trainer_defaults(),
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False, "allow_abbrev": False},  # one-line errors
         )
     finally:
         sys.argv = saved
