@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from perception.cli_args import add_camera_args, positive_int, size
+from perception.cli_args import DefaultsFormatter, add_camera_args, positive_int, size
 from perception.cli_data import add_check_data, add_convert, add_synth
 from perception.cli_studies import add_compare, add_features
 
@@ -105,11 +105,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, help=".safetensors, .ckpt or exported .onnx")
     p.add_argument("--source", required=True, help="an image, a folder of images or a video")
     p.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
-    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
+    p.add_argument(
+        "--backend", choices=["auto", "torch", "onnx"], default="auto", help="auto: by file type"
+    )
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1")
     p.add_argument("--conf", type=float, default=0.25, help="detection score threshold")
     p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=positive_int, default=300)
+    p.add_argument("--max-det", type=positive_int, default=300, help="boxes kept per image")
     p.add_argument("--save-raw", action="store_true", help="also write each Prediction as .npz")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_camera_args(p, "the source images")
@@ -143,7 +145,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the released model on fresh synthetic scenes (and yours)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--weights", default=None, help="default: the release in weights/")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help=".safetensors, .ckpt or .onnx (default: the release in weights/)",
+    )
     p.add_argument("--source", default=None, help="also predict this image, folder or video")
     p.add_argument("--num", type=positive_int, default=24, help="synthetic scenes to render")
     p.add_argument("--size", type=size, default=(384, 640), help="scene size HxW")
@@ -184,7 +190,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime rows")
     p.add_argument("--calib", default=None, help="v1 dataset for INT8 calibration")
     p.add_argument("--data", default=None, help="v1 dataset: accuracy per runtime (+ training)")
-    p.add_argument("--eval-images", type=positive_int, default=200)
+    p.add_argument("--eval-images", type=positive_int, default=200, help="images per accuracy row")
     p.add_argument("--train-steps", type=int, default=0, help="timed training steps (0: skip)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads per runtime")
     p.add_argument("--workers", type=int, default=2, help="data workers for training rows")
@@ -199,10 +205,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16", action="store_true", help="fp16 internals, fp32 inputs/outputs")
     p.add_argument("--int8", action="store_true", help="static INT8 (QDQ), needs --calib")
     p.add_argument("--calib", default=None, help="v1 dataset with calibration images")
-    p.add_argument("--calib-images", type=positive_int, default=64)
+    p.add_argument("--calib-images", type=positive_int, default=64, help="INT8 calibration images")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch (and H/W without --nms)")
     p.add_argument("--nms", action="store_true", help="decode + class-aware NMS in the graph")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (17 or later)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -220,11 +226,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="metrics table (and JSON) of weights on a dataset")
-    p.add_argument("--weights", required=True, help=".ckpt or .safetensors")
+    p.add_argument("--weights", required=True, help=".safetensors, .ckpt or exported .onnx")
     p.add_argument("--data", required=True, help="v1 dataset root")
     p.add_argument("--json", default=None, help="write the metric keys here")
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=2, help="data loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     p.add_argument("--limit", type=positive_int, default=None, help="first N samples only")
     p.set_defaults(func=_cmd_eval)
@@ -255,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
+    for command in sub.choices.values():  # every subcommand's help shows its defaults
+        command.formatter_class = DefaultsFormatter
     return parser
 
 

@@ -62,3 +62,20 @@ def add_camera_args(p: argparse.ArgumentParser, whose: str) -> None:
         metavar="DEG",
         help=f"or the horizontal field of view of {whose} (default: the weights')",
     )
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that states each option's default, unless the help already says it or there
+    is none to state (``None``, ``False``); an image size reads as HxW."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        quiet = default is None or default is False or default == argparse.SUPPRESS
+        if "default" in text or quiet or not action.option_strings:
+            return text
+        if isinstance(default, tuple) and len(default) == 2:
+            default = f"{default[0]}x{default[1]}"
+        elif isinstance(default, list | tuple):
+            default = " ".join(map(str, default))
+        return f"{text} (default: {default})".strip()

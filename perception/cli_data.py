@@ -14,7 +14,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         os.environ.setdefault(var, "1")  # one render process per core; no BLAS threads
     from perception.data.synthetic.writer import write_dataset
 
-    write_dataset(
+    root = write_dataset(
         args.out,
         num=args.num,
         seed=args.seed,
@@ -24,6 +24,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         focal_range=tuple(args.focal_range),
         tasks=args.tasks,
     )
+    size, labels = f"{args.size[0]}x{args.size[1]}", ",".join(args.tasks)
+    print(f"synth: {args.num} images of {size} labeled {labels} in {root}")
     return 0
 
 

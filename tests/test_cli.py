@@ -106,3 +106,32 @@ def test_train_config_mistakes_are_one_line_naming_the_key(mistake, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert err.startswith("perception train: error:") and "\n" not in err and "fit" not in err
     assert re.search(expected, err), err
+
+
+def test_every_subcommand_help_states_its_defaults():
+    from perception.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    assert "(default: 8)" in sub["eval"].format_help()
+    assert "(default: 384x640)" in sub["synth"].format_help()
+    assert "(default: 0)" in sub["synth"].format_help()  # a zero default is still stated
+    assert ".onnx" in sub["eval"].format_help()  # eval runs exported graphs too
+
+
+def test_synth_says_what_it_wrote(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "s"), "--num", "2", "--size", "64x96"]) == 0
+    out = capsys.readouterr().out
+    assert f"2 images of 64x96 labeled det,lane,drivable,depth in {tmp_path / 's'}" in out
+
+
+def test_curves_on_a_missing_or_foreign_file_is_one_clear_error(tmp_path):
+    foreign = tmp_path / "other.csv"
+    foreign.write_text("a,b\n1,2\n")
+    for source, expected in ((tmp_path / "none.csv", "not found"), (foreign, "no 'step'")):
+        out = subprocess.run(
+            [sys.executable, "-m", "perception.training.curves", str(source), "x.png"],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 1 and out.stderr.startswith("curves: error:"), out.stderr
+        assert expected in out.stderr and len(out.stderr.strip().splitlines()) == 1

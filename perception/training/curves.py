@@ -15,6 +15,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from perception.errors import PerceptionError
+
 # Unweighted task losses only: the combined loss of uncertainty weighting adds learned
 # log-variances and goes negative, which a log axis cannot show.
 LOSS_KEYS = ("train/det", "train/seg", "train/depth")
@@ -28,8 +30,13 @@ def read_series(
     paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
     merged: dict[str, dict[int, float]] = defaultdict(dict)
     for path in paths:
+        if not Path(path).is_file():
+            raise PerceptionError(f"{path}: metrics CSV not found")
         with open(path, newline="") as f:
-            for row in csv.DictReader(f):
+            rows = csv.DictReader(f)
+            if "step" not in (rows.fieldnames or ()):
+                raise PerceptionError(f"{path}: not a Lightning metrics.csv (no 'step' column)")
+            for row in rows:
                 step = int(row["step"])
                 for key, value in row.items():
                     if key not in ("step", "epoch") and value not in ("", None):
@@ -72,4 +79,7 @@ def plot_curves(
 if __name__ == "__main__":
     if len(sys.argv) < 3:
         sys.exit(__doc__.splitlines()[2])
-    print(plot_curves(sys.argv[1:-1], sys.argv[-1]))
+    try:
+        print(plot_curves(sys.argv[1:-1], sys.argv[-1]))
+    except PerceptionError as err:
+        sys.exit(f"curves: error: {err}")
