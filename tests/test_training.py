@@ -125,8 +125,13 @@ def test_fit_checkpoints_resume_and_eval(synth32: Path, tmp_path: Path, capsys):
         )
     )
     assert main(["train", "--config", str(config)]) == 0
-    ckpts = sorted(tmp_path.rglob("*.ckpt"))
+    printed = capsys.readouterr().out
+    ckpts = sorted(tmp_path.rglob("version_*/**/*.ckpt"))
     names = {c.name for c in ckpts}
+    assert f"checkpoints in {ckpts[0].parent}" in printed  # said before training
+    for name in ("last.ckpt", "best.ckpt"):  # stable names at the root, whatever the version
+        assert (tmp_path / name).resolve() in {c.resolve() for c in ckpts}, name
+        assert f"{tmp_path / name} -> " in printed
     assert "last.ckpt" in names and any(n.startswith("best-") for n in names)
     assert list(tmp_path.rglob("overlays/*.jpg")), "validation overlays were not written"
     metrics_csv = next((tmp_path / "logs").rglob("metrics.csv")).read_text()
@@ -136,8 +141,12 @@ def test_fit_checkpoints_resume_and_eval(synth32: Path, tmp_path: Path, capsys):
     step_before = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     resume = ["train", "--config", str(config), "--trainer.max_epochs", "3", "--ckpt_path"]
     assert main([*resume, str(last)]) == 0
-    newest = max(tmp_path.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    newest = max(tmp_path.rglob("version_*/**/last*.ckpt"), key=lambda p: p.stat().st_mtime)
     assert torch.load(newest, map_location="cpu", weights_only=True)["global_step"] > step_before
+    assert (tmp_path / "last.ckpt").resolve() == newest.resolve()  # the link follows the run
+    csvs = (tmp_path / "logs").rglob("metrics.csv")
+    newest_csv = max(csvs, key=lambda p: p.stat().st_mtime)
+    assert (tmp_path / "metrics.csv").resolve() == newest_csv.resolve()
 
     out_json = tmp_path / "metrics.json"
     capsys.readouterr()

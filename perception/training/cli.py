@@ -22,6 +22,7 @@ from perception.data.datamodule import PerceptionDataModule
 from perception.errors import PerceptionError
 from perception.training.module import PerceptionModule
 from perception.training.precision import default_precision
+from perception.training.run_paths import RunPaths
 
 
 class PerceptionCLI(LightningCLI):
@@ -93,6 +94,7 @@ def trainer_defaults() -> dict:
                 auto_insert_metric_name=False,
             ),
             LearningRateMonitor(logging_interval="step"),
+            RunPaths(),
         ],
     }
 

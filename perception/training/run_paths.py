@@ -1,0 +1,56 @@
+"""Say where a run's files go, and keep stable names for its newest checkpoints.
+
+Lightning numbers each run's folder (``version_0``, ``version_1``, ...), so a crashed
+earlier run silently shifts the path a user copies from the docs. At the end of every
+fit, ``<default_root_dir>/last.ckpt``, ``best.ckpt`` and ``metrics.csv`` point at that
+run's checkpoints and CSV log, and the paths are printed at the start and the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def link(target: Path, name: Path) -> Path:
+    """Make ``name`` point at ``target`` (a relative symlink; a copy where the file system
+    has none), replacing an older link in one step so a reader never sees it missing."""
+    tmp = name.with_name(f".{name.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.symlink(os.path.relpath(target, name.parent), tmp)
+    except OSError:
+        shutil.copy2(target, tmp)
+    os.replace(tmp, name)
+    return name
+
+
+class RunPaths(L.Callback):
+    """Print the checkpoint and log folders; link the newest checkpoints and CSV at the end."""
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        ckpt = trainer.checkpoint_callback
+        where = getattr(ckpt, "dirpath", None) or "(no checkpointing)"
+        print(f"perception train: checkpoints in {where}; logs in {trainer.log_dir}", flush=True)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        ckpt = trainer.checkpoint_callback
+        root = Path(trainer.default_root_dir)
+        csv = [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+        made = []
+        for name, path in (
+            ("last.ckpt", getattr(ckpt, "last_model_path", "")),
+            ("best.ckpt", getattr(ckpt, "best_model_path", "")),
+            ("metrics.csv", str(Path(csv[0].log_dir) / "metrics.csv") if csv else ""),
+        ):
+            if path and Path(path).is_file():
+                made.append(f"{link(Path(path), root / name)} -> {path}")
+        if made:
+            print("perception train: " + "; ".join(made), flush=True)
