@@ -134,7 +134,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(format_table({k: float("nan") if v is None else v for k, v in s.metrics.items()}))
     print(
         f"demo: {s.weights} on {s.scenes} held-out synthetic scenes in {s.seconds:.1f} s\n"
-        f"  ground truth | prediction: {s.out}/demo.jpg\n"
+        f"  ground truth | prediction | depth: {s.out}/demo.jpg\n"
         f"  overlays: {s.out}/overlays/   metrics: {s.out}/metrics.json"
     )
     if args.source is not None:

@@ -6,8 +6,9 @@ metrics against the renderer's exact labels), and what they look like (ground tr
 beside prediction). ``--source`` adds predictions on the user's own images or video.
 
 Output folder (default ``runs/demo``): ``scenes/`` (the rendered v1 dataset),
-``overlays/`` (one prediction overlay per scene), ``demo.jpg`` (ground truth | prediction
-rows), ``metrics.json`` and ``summary.json``. A folder holding a previous demo is
+``overlays/`` (one prediction overlay per scene), ``demo.jpg`` (rows of ground truth |
+prediction | true depth | predicted depth, with titled columns and the depth colour
+scale), ``metrics.json`` and ``summary.json``. A folder holding a previous demo is
 replaced; any other non-empty folder is refused, so no one's data is lost.
 """
 
@@ -72,8 +73,9 @@ def _prepare(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _ground_truth_overlay(root: Path, record, class_names: list[str]) -> np.ndarray:
-    """The renderer's labels drawn exactly as a prediction would be."""
+def _ground_truth(root: Path, record, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The renderer's labels drawn exactly as a prediction would be (depth apart), and its
+    depth map in metres."""
     from perception.data.formats import v1
     from perception.visualize import prediction_overlay
 
@@ -83,9 +85,27 @@ def _ground_truth_overlay(root: Path, record, class_names: list[str]) -> np.ndar
     lane = (v1.read_mask(v1.resolve(root, record.lane)) == 1).astype(np.float32)
     drivable = (v1.read_mask(v1.resolve(root, record.drivable)) == 1).astype(np.float32)
     depth = v1.read_depth(v1.resolve(root, record.depth))
-    return prediction_overlay(
-        image, boxes, np.ones(len(boxes), np.float32), labels, class_names, lane, drivable, depth
+    scores = np.ones(len(boxes), np.float32)
+    overlay = prediction_overlay(
+        image, boxes, scores, labels, class_names, lane, drivable, depth, inset=0
     )
+    return overlay, depth
+
+
+SHEET_TITLES = ("ground truth", "prediction", "true depth", "predicted depth", "")
+
+
+def _sheet_row(truth: np.ndarray, truth_depth: np.ndarray, pred) -> list[np.ndarray]:
+    """One scene of the demo sheet, panel by panel (``SHEET_TITLES``), ending with the
+    depth colour scale. Depth gets its own panels so it hides no detection."""
+    from perception.visualize import colorize_depth, depth_scale, prediction_overlay
+
+    overlay = prediction_overlay(
+        pred.image, pred.boxes, pred.scores, pred.labels, pred.class_names,
+        pred.lane, pred.drivable, pred.depth, inset=0,
+    )  # fmt: skip
+    depths = [colorize_depth(truth_depth), colorize_depth(pred.depth)]
+    return [truth, overlay, *depths, depth_scale(truth.shape[0])]
 
 
 def run_demo(
@@ -109,6 +129,7 @@ def run_demo(
     from perception.inference import Predictor
     from perception.inference.sources import predict_source
     from perception.training.evaluate import evaluate, write_json
+    from perception.visualize import titled
 
     start = time.perf_counter()
     weights, out = find_weights(weights), Path(out)
@@ -123,9 +144,10 @@ def run_demo(
         overlay = pred.plot()
         cv2.imwrite(str(out / "overlays" / f"{record.id}.jpg"), overlay[..., ::-1])
         if i < sheet_rows:
-            truth = _ground_truth_overlay(scenes, record, predictor.class_names)
-            rows.append(np.hstack([truth, overlay]))
-    cv2.imwrite(str(out / "demo.jpg"), np.vstack(rows)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+            rows.append(_sheet_row(*_ground_truth(scenes, record, predictor.class_names), pred))
+    columns = [np.vstack(panels) for panels in zip(*rows, strict=True)]
+    sheet = titled(columns, SHEET_TITLES)
+    cv2.imwrite(str(out / "demo.jpg"), sheet[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
     # A second forward pass (~1 s): the metrics come from `perception eval`'s own code at
     # network resolution, so the demo's numbers mean exactly what eval's mean.
     metrics = evaluate(weights, scenes, batch_size=8, workers=0, device="cpu")

@@ -88,6 +88,21 @@ def colorize_depth(
     return colored
 
 
+def _free_corner(boxes: np.ndarray, w: int, h: int, iw: int, ih: int) -> tuple[int, int]:
+    """Top-left ``(x, y)`` of the image corner where an ``iw x ih`` inset covers the least
+    box area, so the depth inset hides as few detections as possible (top right wins ties:
+    the sky is usually empty)."""
+    corners = [(w - iw, 0), (0, 0), (w - iw, h - ih), (0, h - ih)]
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+
+    def covered(x: int, y: int) -> float:
+        ix = np.clip(np.minimum(b[:, 2], x + iw) - np.maximum(b[:, 0], x), 0, None)
+        iy = np.clip(np.minimum(b[:, 3], y + ih) - np.maximum(b[:, 1], y), 0, None)
+        return float((ix * iy).sum())
+
+    return min(corners, key=lambda c: covered(*c))
+
+
 def prediction_overlay(
     image: np.ndarray,
     boxes: np.ndarray,
@@ -100,18 +115,45 @@ def prediction_overlay(
     inset: float = 0.3,
 ) -> np.ndarray:
     """The standard picture of a prediction: drivable (green) and lane (red) tints, boxes
-    with scores, and a depth colormap inset in the top-right corner (``inset`` of the
-    width). Maps are ``[H, W]`` at the image size; lane/drivable are probabilities."""
+    with scores, and a depth colormap inset (``inset`` of the width; 0: none) in the
+    corner that hides the fewest boxes. Maps are ``[H, W]`` at the image size;
+    lane/drivable are probabilities."""
     out = image
     if drivable is not None:
         out = tint(out, drivable, DRIVABLE_RGB, 0.35)
     if lane is not None:
         out = tint(out, lane, LANE_RGB, 0.8)
     out = draw_boxes(out, boxes, labels, names, scores)
-    if depth is not None:
+    if depth is not None and inset > 0:
         h, w = out.shape[:2]
         iw, ih = max(1, int(w * inset)), max(1, int(h * inset))
+        x, y = _free_corner(boxes, w, h, iw, ih)
         small = cv2.resize(colorize_depth(depth), (iw, ih), interpolation=cv2.INTER_NEAREST)
-        out[:ih, w - iw :] = small
-        cv2.rectangle(out, (w - iw, 0), (w - 1, ih - 1), (255, 255, 255), 1)
+        out[y : y + ih, x : x + iw] = small
+        cv2.rectangle(out, (x, y), (x + iw - 1, y + ih - 1), (255, 255, 255), 1)
     return out
+
+
+def depth_scale(height: int, max_depth: float = 80.0, min_depth: float = 2.0) -> np.ndarray:
+    """``[height, 70, 3]`` uint8: the colour scale of ``colorize_depth``, near at the top,
+    with ticks in metres, to stand beside a depth map."""
+    ramp = np.geomspace(min_depth, max_depth, height)[:, None].repeat(16, axis=1)
+    bar = np.full((height, 70, 3), 255, np.uint8)
+    bar[:, :16] = colorize_depth(ramp, max_depth, min_depth)
+    for metres in (2, 5, 10, 20, 40, 80):
+        if min_depth <= metres <= max_depth:
+            y = int(np.log(metres / min_depth) / np.log(max_depth / min_depth) * (height - 1))
+            cv2.line(bar, (16, y), (21, y), (0, 0, 0), 1)
+            ty = min(max(y + 4, 10), height - 2)
+            cv2.putText(bar, f"{metres} m", (23, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1)
+    return bar
+
+
+def titled(panels: Sequence[np.ndarray], titles: Sequence[str], height: int = 24) -> np.ndarray:
+    """``panels`` side by side (same height) under a white strip naming each one."""
+    strips = []
+    for panel, title in zip(panels, titles, strict=True):
+        strip = np.full((height, panel.shape[1], 3), 255, np.uint8)
+        cv2.putText(strip, title, (6, height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1)
+        strips.append(strip)
+    return np.vstack([np.hstack(strips), np.hstack(panels)])

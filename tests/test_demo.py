@@ -36,7 +36,10 @@ def test_demo_writes_overlays_sheet_and_spec_metrics(
         "000002.jpg",
     ]
     sheet = cv2.imread(str(out / "demo.jpg"))
-    assert sheet.shape == (3 * 64, 2 * 96, 3)  # rows of ground truth | prediction
+    # rows of ground truth | prediction | true depth | predicted depth | colour scale,
+    # under a strip of column titles
+    assert sheet.shape == (24 + 3 * 64, 4 * 96 + 70, 3)
+    assert (sheet[:24] > 200).mean() > 0.8  # the title strip is white with dark text
     assert list(json.loads((out / "metrics.json").read_text())) == EVAL_KEYS
     assert cv2.imread(str(out / "source" / "a.jpg")).shape == (70, 110, 3)
     summary = json.loads((out / "summary.json").read_text())
