@@ -25,6 +25,7 @@ from perception.models import ModelConfig, build_model
 from perception.structures import TASKS, Batch, HeadOutputs
 from perception.training.ema import ModelEMA
 from perception.training.metrics import MetricsSuite
+from perception.training.nonfinite import ACTIONS, describe, nonfinite_grads, nonfinite_terms
 from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ class PerceptionModule(L.LightningModule):
             the optimizer, schedule and EMA start afresh (resume with ``--ckpt_path``).
         untrained_tasks: heads no training dataset labels, left untrained on purpose
             (BDD100K alone has no depth); their outputs mean nothing.
+        on_nonfinite: a NaN/inf loss or gradient ``skip``s the step (logged, named and
+            counted in ``train/nonfinite_steps``) or ``stop``s the run with a checkpoint.
 
     ``net`` and ``loss`` are typed dataclasses for the CLI (strict keys, ``--print_config``)
     but are stored as plain dicts in the hyperparameters, so a checkpoint loads with
@@ -102,8 +105,11 @@ class PerceptionModule(L.LightningModule):
         overlay_images: int = 4,
         init_weights: str | None = None,
         untrained_tasks: Sequence[str] = (),
+        on_nonfinite: str = "skip",
     ) -> None:
         super().__init__()
+        if on_nonfinite not in ACTIONS:
+            raise PerceptionError(f"model.on_nonfinite: {on_nonfinite!r}; valid: {list(ACTIONS)}")
         untrained_tasks = list(untrained_tasks)  # a plain list in the hyperparameters
         if not set(untrained_tasks) <= set(TASKS):
             raise PerceptionError(
@@ -140,6 +146,8 @@ class PerceptionModule(L.LightningModule):
         self.dataset_names: list[str] = []
         self._val_loss = torch.zeros(2)
         self._points: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.nonfinite_steps = 0  # skipped so far (saved in the checkpoint)
+        self._step_ids: list[str] = []
 
     @property
     def canonical_focal(self) -> float:
@@ -202,10 +210,37 @@ class PerceptionModule(L.LightningModule):
         images = self.float_images(batch)
         outputs = self.model(images)
         total, parts = self.loss(outputs, batch, *self.points(images))
+        self._step_ids = list(batch.ids)
+        bad = nonfinite_terms(total, parts)
+        if bad:
+            self._nonfinite(describe("loss", bad, self.global_step, batch.ids))
+            return None  # Lightning skips backward and the optimizer step
         logged = {f"train/{k}": v.detach().float() for k, v in parts.items()}
         self.log_dict(logged, batch_size=len(batch))
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=len(batch))
         return total
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        bad = nonfinite_grads(self.model)
+        if bad:
+            self._nonfinite(describe("gradient", bad, self.global_step, self._step_ids))
+            optimizer.zero_grad(set_to_none=True)  # the optimizer skips grad-less parameters
+
+    def _nonfinite(self, message: str) -> None:
+        """Skip-and-count, or stop with a checkpoint (``on_nonfinite``)."""
+        if self.hparams.on_nonfinite == "stop":
+            path = f"{self.trainer.log_dir or '.'}/nonfinite-step{self.global_step}.ckpt"
+            self.trainer.save_checkpoint(path)
+            raise PerceptionError(f"{message}; stopped, checkpoint: {path}")
+        self.nonfinite_steps += 1
+        log.warning("%s; step skipped (%d so far)", message, self.nonfinite_steps)
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_steps"] = self.nonfinite_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
 
     def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
         if self.ema is not None:

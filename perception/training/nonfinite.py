@@ -1,0 +1,40 @@
+"""Catch a non-finite loss or gradient before it reaches the weights.
+
+One NaN in an update spreads to every weight it touches and the run trains on garbage
+from then on, silently: the logged loss is NaN but nothing stops. So each step is
+checked twice, once on the loss terms (naming the task) and once on the gradients
+(naming the parameters), and the step is skipped and counted, or, with
+``model.on_nonfinite: stop``, the run stops with a checkpoint to inspect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+ACTIONS = ("skip", "stop")
+
+
+def nonfinite_terms(total: torch.Tensor, parts: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the loss terms that are NaN or infinite (``total`` when only it is)."""
+    bad = [k for k, v in parts.items() if not torch.isfinite(v.detach()).all()]
+    if not bad and not torch.isfinite(total.detach()).all():
+        bad = ["total"]
+    return bad
+
+
+def nonfinite_grads(module: torch.nn.Module) -> list[str]:
+    """Names of the parameters whose gradient holds a NaN or an infinity."""
+    return [
+        name
+        for name, p in module.named_parameters()
+        if p.grad is not None and not torch.isfinite(p.grad).all()
+    ]
+
+
+def describe(what: str, names: Sequence[str], step: int, ids: Sequence[str]) -> str:
+    """One line: what was non-finite, where, at which step, in which samples."""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    samples = ", ".join(ids[:8]) + (" ..." if len(ids) > 8 else "")
+    return f"non-finite {what} ({shown}) at step {step}, samples [{samples}]"
