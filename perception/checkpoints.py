@@ -178,5 +178,7 @@ def save_release(model: MultiTaskModel, meta: ModelMeta, path: str | os.PathLike
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"perception": json.dumps(dataclasses.asdict(meta))})
+    tmp = path.with_name(f".{path.name}.partial")  # a killed write never leaves a torn file
+    save_file(state, str(tmp), metadata={"perception": json.dumps(dataclasses.asdict(meta))})
+    os.replace(tmp, path)
     return path

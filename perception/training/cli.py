@@ -64,6 +64,23 @@ def config_error(parser, message: str) -> str:
     return f"unknown key {key!r}{hint} (perception train --help lists every key)"
 
 
+class LearningRates(LearningRateMonitor):
+    """Lightning's learning-rate logger, idle in a run without loggers (``logger: false``)
+    instead of refusing to start."""
+
+    def on_train_start(self, trainer, *args, **kwargs) -> None:
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer, *args, **kwargs) -> None:
+        if trainer.loggers:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer, *args, **kwargs) -> None:
+        if trainer.loggers:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
 def trainer_defaults() -> dict:
     """bf16 mixed precision on a GPU or a CPU with native bf16 (``training.precision``),
     fp32 elsewhere; best + last checkpoints; logs.
@@ -93,7 +110,7 @@ def trainer_defaults() -> dict:
                 filename="best-{epoch:03d}",
                 auto_insert_metric_name=False,
             ),
-            LearningRateMonitor(logging_interval="step"),
+            LearningRates(logging_interval="step"),
             RunPaths(),
         ],
     }
