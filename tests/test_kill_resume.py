@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -91,3 +92,25 @@ def test_sigkill_mid_run_then_resume_finishes_with_loadable_checkpoints(tmp_path
     best = tmp_path / "runs" / "best.ckpt"  # linked by the resumed run
     loaded = load_model(best)
     assert all(torch.isfinite(p).all() for p in loaded.model.parameters())
+
+
+def test_a_release_write_that_dies_midway_leaves_the_previous_file_intact(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import safetensors.torch
+
+    from perception.checkpoints import load_model, save_release
+    from tests.conftest import write_tiny_release
+
+    path = write_tiny_release(tmp_path / "r.safetensors")
+    before = path.read_bytes()
+    loaded = load_model(path)
+
+    def dies_midway(state, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 100)  # a torn write, then the process is gone
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_release(loaded.model, loaded.meta, path)
+    assert path.read_bytes() == before
