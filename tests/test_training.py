@@ -237,3 +237,16 @@ def test_training_curves_plot_from_metrics_csv(tmp_path: Path):
     series = read_series([csv_path, resumed])
     assert series["train/det"] == [(0, 2.0), (10, 1.1), (20, 0.5)]
     assert series["val/lane/iou"] == [(10, 0.4)]
+
+
+def test_ema_updates_once_per_optimizer_step_under_gradient_accumulation(synth32: Path):
+    module = PerceptionModule(**{**TINY, "ema_decay": 0.9}, image_size=SIZE, overlay_images=0)
+    data = PerceptionDataModule(
+        train=[str(synth32)], classes=list(CLASSES), image_size=SIZE, batch_size=4, num_workers=0
+    )
+    trainer = L.Trainer(
+        max_steps=3, accumulate_grad_batches=2, accelerator="cpu", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module, data)
+    assert trainer.global_step == 3 and int(module.ema.updates) == 3  # 6 micro-batches

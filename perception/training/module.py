@@ -147,6 +147,7 @@ class PerceptionModule(L.LightningModule):
         self._val_loss = torch.zeros(2)
         self._points: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.nonfinite_steps = 0  # skipped so far (saved in the checkpoint)
+        self._ema_step = 0  # the optimizer step the EMA last took in
         self._step_ids: list[str] = []
 
     @property
@@ -243,8 +244,11 @@ class PerceptionModule(L.LightningModule):
         self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
 
     def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
-        if self.ema is not None:
+        # once per optimizer step: not per micro-batch under gradient accumulation, and not
+        # after a step that was skipped
+        if self.ema is not None and self.global_step > self._ema_step:
             self.ema.update(self.model)
+            self._ema_step = self.global_step
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if len(batch) == 0:
