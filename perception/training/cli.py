@@ -55,10 +55,11 @@ def config_error(parser, message: str) -> str:
     if not unknown:
         return message.replace("fit.", "")  # 'fit' is LightningCLI's subcommand, not the user's
     key = unknown.group(1) or unknown.group(2)
-    sub = (
-        parser._subcommands_action._name_parser_map["fit"] if parser._subcommands_action else parser
-    )
-    keys = [k for k in sub.get_defaults().keys() if not k.startswith("__")]  # noqa: SIM118
+    try:  # jsonargparse keeps the 'fit' parser in a private map
+        sub = parser._subcommands_action._name_parser_map["fit"]
+        keys = [k for k in sub.get_defaults().keys() if not k.startswith("__")]  # noqa: SIM118
+    except Exception:  # another jsonargparse: no suggestions, the error still names the key
+        keys = []
     close = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return f"unknown key {key!r}{hint} (perception train --help lists every key)"
