@@ -250,3 +250,22 @@ def test_ema_updates_once_per_optimizer_step_under_gradient_accumulation(synth32
     )  # fmt: skip
     trainer.fit(module, data)
     assert trainer.global_step == 3 and int(module.ema.updates) == 3  # 6 micro-batches
+
+
+@pytest.mark.parametrize("global_zero", [True, False])
+def test_only_the_global_zero_rank_writes_overlays(
+    synth32: Path, tmp_path, monkeypatch, global_zero
+):
+    """Under DDP every rank validates; one set of overlay files, not one per rank."""
+    monkeypatch.setattr(L.Trainer, "is_global_zero", property(lambda self: global_zero))
+    module = PerceptionModule(**TINY, image_size=SIZE, overlay_images=1)
+    data = PerceptionDataModule(
+        train=[str(synth32)], val=[str(synth32)], classes=list(CLASSES), image_size=SIZE,
+        batch_size=4, num_workers=0,
+    )  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu", limit_val_batches=1, enable_progress_bar=False,
+        default_root_dir=str(tmp_path), logger=L.pytorch.loggers.CSVLogger(str(tmp_path)),
+    )  # fmt: skip
+    trainer.validate(module, data)
+    assert bool(list(tmp_path.rglob("overlays/*.jpg"))) == global_zero

@@ -261,7 +261,8 @@ class PerceptionModule(L.LightningModule):
         self.metrics.update(outputs, batch, points, strides)
         if self.dataset_metrics:
             self.dataset_metrics[dataloader_idx].update(outputs, batch, points, strides)
-        if batch_idx == 0 and dataloader_idx == 0 and self.hparams.overlay_images > 0:
+        first = batch_idx == 0 and dataloader_idx == 0
+        if first and self.hparams.overlay_images > 0 and self.trainer.is_global_zero:  # one writer
             from perception.training.callbacks import log_overlays
 
             log_overlays(self, batch, outputs, points, strides)
