@@ -17,9 +17,8 @@ split, the random copy's init and the probe's init. Scenes come from ``DATA_SEED
 no release was trained on, at the model's input size. The code only measures: nothing
 here expects the edge score to peak low and the vehicle score high.
 
-Cost at ``budget=1.0`` (400 scenes at 192x320, 2 seeds, 3 backbone passes per image,
-32 probe fits): 2.5 min, measured end to end on a 2-core CPU with 1 torch thread while
-another training run shared the cores. ``budget`` scales the number of scenes.
+Cost at ``budget=1.0`` (400 scenes at the release's 288x480, 2 seeds, 3 backbone passes
+per image, 32 probe fits): under 3 min, measured end to end on a 2-core CPU. ``budget`` scales the number of scenes.
 """
 
 from __future__ import annotations
