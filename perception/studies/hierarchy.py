@@ -18,7 +18,8 @@ no release was trained on, at the model's input size. The code only measures: no
 here expects the edge score to peak low and the vehicle score high.
 
 Cost at ``budget=1.0`` (400 scenes at the release's 288x480, 2 seeds, 3 backbone passes
-per image, 32 probe fits): under 3 min, measured end to end on a 2-core CPU. ``budget`` scales the number of scenes.
+per image, 32 probe fits): under 3 min, measured end to end on a 2-core CPU.
+``budget`` scales the number of scenes.
 """
 
 from __future__ import annotations
