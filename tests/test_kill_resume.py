@@ -98,9 +98,9 @@ def test_a_release_write_that_dies_midway_leaves_the_previous_file_intact(
     tmp_path: Path, monkeypatch
 ) -> None:
     import safetensors.torch
+    from conftest import write_tiny_release
 
     from perception.checkpoints import load_model, save_release
-    from tests.conftest import write_tiny_release
 
     path = write_tiny_release(tmp_path / "r.safetensors")
     before = path.read_bytes()

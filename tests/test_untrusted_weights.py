@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_tiny_release
 
 from perception.errors import PerceptionError
 from perception.inference import Predictor
-from tests.conftest import write_tiny_release
 
 
 class _RunsCode:
