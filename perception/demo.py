@@ -98,14 +98,10 @@ SHEET_TITLES = ("ground truth", "prediction", "true depth", "predicted depth", "
 def _sheet_row(truth: np.ndarray, truth_depth: np.ndarray, pred) -> list[np.ndarray]:
     """One scene of the demo sheet, panel by panel (``SHEET_TITLES``), ending with the
     depth colour scale. Depth gets its own panels so it hides no detection."""
-    from perception.visualize import colorize_depth, depth_scale, prediction_overlay
+    from perception.visualize import colorize_depth, depth_scale
 
-    overlay = prediction_overlay(
-        pred.image, pred.boxes, pred.scores, pred.labels, pred.class_names,
-        pred.lane, pred.drivable, pred.depth, inset=0,
-    )  # fmt: skip
     depths = [colorize_depth(truth_depth), colorize_depth(pred.depth)]
-    return [truth, overlay, *depths, depth_scale(truth.shape[0])]
+    return [truth, pred.plot(inset=0), *depths, depth_scale(truth.shape[0])]
 
 
 def run_demo(

@@ -257,9 +257,10 @@ class Prediction:
         """Class name of each detection, in ``boxes`` order."""
         return [self.class_names[int(i)] for i in self.labels]
 
-    def plot(self, image: np.ndarray | None = None) -> np.ndarray:
+    def plot(self, image: np.ndarray | None = None, inset: float = 0.3) -> np.ndarray:
         """``(H, W, 3)`` uint8 RGB overlay: drivable and lane tints, boxes with class and
-        score, and a depth colormap inset (``visualize.prediction_overlay``).
+        score, and a depth colormap inset of ``inset`` of the width, 0 for none
+        (``visualize.prediction_overlay``).
 
         Draws on ``image`` when given (it must be the predicted image's size), else on the
         input the prediction was made from.
@@ -280,4 +281,5 @@ class Prediction:
             self.lane,
             self.drivable,
             self.depth,
+            inset=inset,
         )

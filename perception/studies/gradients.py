@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from perception.studies.plots import pyplot, save
 from perception.studies.report import Result, cell
 from perception.studies.scenes import render_scenes
 
@@ -215,11 +216,7 @@ def summarise(arm: str, per_seed: Sequence[dict]) -> dict:
 
 def plot(raw: dict, path: Path) -> Path:
     """Per-layer gradient norm (log y) at init and mid-training, and the loss curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colors = {"sigmoid": "tab:green", "tanh": "tab:orange", "relu": "tab:blue"}
     styles = {(False, False): ":", (True, False): "--", (True, True): "-"}
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
@@ -247,11 +244,7 @@ def plot(raw: dict, path: Path) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[2].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def run(

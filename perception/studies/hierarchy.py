@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from perception.checkpoints import load_model
 from perception.models import ModelConfig, build_model
+from perception.studies.plots import pyplot, save
 from perception.studies.probes import probe_auc
 from perception.studies.report import Result, cell, mean_std
 from perception.studies.scenes import render_scenes
@@ -139,11 +140,7 @@ def per_stage(scores: dict, kind: str, target: str) -> list[list[float]]:
 
 def plot(scores: dict, path: Path) -> Path:
     """Edge and vehicle AUC against stage, trained vs random backbone (mean ± std)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, target in zip(axes, TARGETS, strict=True):
         for kind, style in (("trained", "-o"), ("random", "--s")):
@@ -155,11 +152,7 @@ def plot(scores: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set(ylabel="held-out ROC AUC")
     axes[1].legend(title="backbone", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def run(

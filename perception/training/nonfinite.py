@@ -16,21 +16,30 @@ import torch
 ACTIONS = ("skip", "stop")
 
 
+def _nonfinite(names: Sequence[str], values: Sequence[torch.Tensor]) -> list[str]:
+    """The ``names`` whose scalar is NaN or infinite, read with one device sync per step
+    (this runs every step; a check per tensor would stall a GPU once per parameter)."""
+    finite = torch.isfinite(torch.stack([v.detach().float() for v in values]))  # [N]
+    if bool(finite.all()):
+        return []
+    return [n for n, ok in zip(names, finite.tolist(), strict=True) if not ok]
+
+
 def nonfinite_terms(total: torch.Tensor, parts: Mapping[str, torch.Tensor]) -> list[str]:
     """Names of the loss terms that are NaN or infinite (``total`` when only it is)."""
-    bad = [k for k, v in parts.items() if not torch.isfinite(v.detach()).all()]
-    if not bad and not torch.isfinite(total.detach()).all():
-        bad = ["total"]
-    return bad
+    names = [*parts, "total"]
+    bad = _nonfinite(names, [v.sum() for v in (*parts.values(), total)])
+    return [n for n in bad if n != "total"] or bad
 
 
 def nonfinite_grads(module: torch.nn.Module) -> list[str]:
-    """Names of the parameters whose gradient holds a NaN or an infinity."""
-    return [
-        name
-        for name, p in module.named_parameters()
-        if p.grad is not None and not torch.isfinite(p.grad).all()
-    ]
+    """Names of the parameters whose gradient holds a NaN or an infinity (its norm is then
+    NaN or infinite too)."""
+    grads = [(n, p.grad) for n, p in module.named_parameters() if p.grad is not None]
+    if not grads:
+        return []
+    names, values = zip(*grads, strict=True)
+    return _nonfinite(names, [torch.linalg.vector_norm(g.float()) for g in values])
 
 
 def describe(what: str, names: Sequence[str], step: int, ids: Sequence[str]) -> str:
