@@ -27,7 +27,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from perception.training.evaluate import evaluate, format_table, write_json
+    from perception.evaluation.evaluate import evaluate, format_table, write_json
 
     metrics = evaluate(
         args.weights,
@@ -120,7 +120,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from perception.demo import run_demo
-    from perception.training.evaluate import format_table
+    from perception.evaluation.evaluate import format_table
 
     s = run_demo(
         args.out,

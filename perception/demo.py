@@ -122,9 +122,9 @@ def run_demo(
     """
     from perception.data.formats import v1
     from perception.data.synthetic.writer import write_dataset
+    from perception.evaluation.evaluate import evaluate, write_json
     from perception.inference import Predictor
     from perception.inference.sources import predict_source
-    from perception.training.evaluate import evaluate, write_json
     from perception.visualize import titled
 
     start = time.perf_counter()

@@ -23,10 +23,10 @@ from perception.data.collate import collate
 from perception.data.datasets import V1Dataset
 from perception.data.formats import v1
 from perception.data.transforms import AugmentConfig, SampleTransform, letterbox_sample
+from perception.evaluation.metrics import DetectionEvaluator, MetricsSuite
 from perception.losses import DetectionLoss, MultiTaskLoss
 from perception.ops.points import dense_points, level_sizes
 from perception.structures import Batch, Detections, HeadOutputs, Sample
-from perception.training.metrics import DetectionEvaluator, MetricsSuite
 
 H, W = 64, 96
 GT = [30.0, 20.0, 50.0, 36.0]

@@ -1,4 +1,4 @@
-"""``training.metrics`` against faster-coco-eval and hand-computed counts (METRICS.md)."""
+"""``evaluation.metrics`` against faster-coco-eval and hand-computed counts (METRICS.md)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 import torch
 from conftest import EVAL_KEYS
 
-from perception.structures import Batch, Detections, HeadOutputs
-from perception.training.metrics import (
+from perception.evaluation.metrics import (
     AREA_KEYS,
     DepthEvaluator,
     DetectionEvaluator,
@@ -19,6 +18,7 @@ from perception.training.metrics import (
     SegmentationEvaluator,
     to_coco,
 )
+from perception.structures import Batch, Detections, HeadOutputs
 
 NUM_CLASSES = 3
 

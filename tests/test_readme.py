@@ -80,3 +80,34 @@ def test_readme_class_map_and_convert_commands_are_valid(tmp_path: Path) -> None
         args = build_parser().parse_args(shlex.split(line)[1:])
         assert args.format in {"bdd100k", "kitti"} and args.out.startswith("data/")
     assert any("configs/bdd100k_kitti.yaml" in c for c in commands)
+
+
+def test_readme_multi_gpu_commands_and_keys_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every training line of the several-GPUs section, and every config key it names,
+    is accepted by ``perception train`` (checked with ``--print_config``: nothing runs)."""
+    import shlex
+
+    from perception.training.cli import run_train
+
+    text = (REPO / "README.md").read_text()
+    section = text.split("### Several GPUs or nodes", 1)[1].split("\n## ", 1)[0]
+    lines = [
+        line
+        for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+        for line in block.replace("\\\n", " ").splitlines()
+        if " train --config " in line
+    ]
+    assert len(lines) == 3  # one machine, torchrun, SLURM
+    keys = sorted(set(re.findall(r"`((?:trainer|data|model)\.[a-z_]+)", section)))
+    assert len(keys) >= 6
+    values = {"trainer.sync_batchnorm": "true", "trainer.accumulate_grad_batches": "2"}
+    for line in lines:
+        argv = shlex.split(line.split(" train ", 1)[1])
+        extra = [a for k in keys if k in values for a in (f"--{k}", values[k])]
+        with pytest.raises(SystemExit) as done:
+            run_train([*argv, *extra, "--print_config"])
+        assert done.value.code in (0, None)
+        printed = capsys.readouterr().out
+        assert re.search(r"devices: '?4'?\n", printed) and "sync_batchnorm: true" in printed
+    for key in keys:  # each named key exists in the printed config
+        assert f"{key.split('.')[1]}:" in printed, key

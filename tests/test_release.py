@@ -14,8 +14,8 @@ import pytest
 from perception.checkpoints import load_model
 from perception.data.synthetic.writer import write_dataset
 from perception.demo import find_weights, run_demo
+from perception.evaluation.evaluate import evaluate
 from perception.export import export_onnx, quantize_int8
-from perception.training.evaluate import evaluate
 
 RELEASE_DIR = Path(__file__).resolve().parent.parent / "weights"
 # BENCHMARKS.md, CPU: static INT8 vs onnxruntime fp32

@@ -102,7 +102,7 @@ def _onnx_rows(loaded, tmp: Path, size, batch, iters, calib, threads) -> list[Ro
 
 
 def _score(row: Row, weights, data, limit: int, device: str) -> None:
-    from perception.training.evaluate import evaluate
+    from perception.evaluation.evaluate import evaluate
 
     metrics = evaluate(weights, data, batch_size=8, workers=0, device=device, limit=limit)
     row.metrics = {k: round(metrics[k], 4) for k in (*ACCURACY_KEYS, "num_images")}

@@ -12,13 +12,15 @@ from functools import partial
 
 import lightning as L
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from perception.data.collate import collate
 from perception.data.datasets import V1Dataset
 from perception.data.transforms import AugmentConfig, SampleTransform
 from perception.errors import PerceptionError
 from perception.ops.camera import DEFAULT_HFOV
+from perception.ops.distributed import world_size
 from perception.structures import TASKS
 
 
@@ -162,7 +164,7 @@ class PerceptionDataModule(L.LightningDataModule):
         self.setup("validate")
         if self.val_set is None:
             return []
-        loaders = [self._loader(d, shuffle=False, sampler=None) for d in self.val_set.datasets]
+        loaders = [self._loader(d, False, shard_sampler(d)) for d in self.val_set.datasets]
         return loaders[0] if len(loaders) == 1 else loaders
 
     def _loader(self, dataset: Dataset, shuffle: bool, sampler: object) -> DataLoader:
@@ -177,6 +179,15 @@ class PerceptionDataModule(L.LightningDataModule):
             pin_memory=hp.pin_memory and torch.cuda.is_available(),
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
         )
+
+
+def shard_sampler(dataset: Dataset) -> Sampler | None:
+    """Under DDP, this process's strided shard of a validation set, not padded: Lightning's
+    default sampler repeats samples so that every process gets as many, and repeated
+    samples would be counted twice in the metrics. None (all of it) on one process."""
+    if world_size() == 1:
+        return None
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)
 
 
 def unique_names(names: list[str]) -> list[str]:

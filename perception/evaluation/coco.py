@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import overload
+from typing import NamedTuple, overload
 
 import numpy as np
 import torch
@@ -38,6 +38,18 @@ AREA_KEYS = ("det/mAP_small", "det/mAP_medium", "det/mAP_large")  # ranges 1..3
 
 
 # ------------------------------------------------------------------------------ detection
+class ImageRecord(NamedTuple):
+    """One scored image: its scored detections (classes ascending, score-sorted within a
+    class) with their match status, and its counted ground truth."""
+
+    key: tuple | None  # place in the split (``DetectionEvaluator.update``)
+    scores: np.ndarray  # [D] float64
+    labels: np.ndarray  # [D] int64
+    status: np.ndarray  # [D, R, T] int8: 1 TP, 0 FP, -1 ignored
+    gt_labels: np.ndarray  # [G] int64
+    gt_in: np.ndarray  # [G, R] bool: area in range r
+
+
 @overload
 def match_detections(ious: np.ndarray) -> np.ndarray: ...
 @overload
@@ -166,12 +178,19 @@ class DetectionEvaluator:
         self.reset()
 
     def reset(self) -> None:
-        self._scores: list[np.ndarray] = []  # per (image, class): [D] float64
-        self._labels: list[np.ndarray] = []  # [D] int64
-        self._status: list[np.ndarray] = []  # [D, R, T] int8 (1 TP, 0 FP, -1 ignored)
-        self._gt_labels: list[np.ndarray] = []  # per image: [G] int64
-        self._gt_in: list[np.ndarray] = []  # per image: [G, R] bool, area in range r
-        self.num_images = 0
+        self._images: list[ImageRecord] = []
+
+    @property
+    def num_images(self) -> int:
+        return len(self._images)
+
+    def state(self) -> list[ImageRecord]:
+        """What ``compute`` needs, per image (picklable): merge with ``merge``."""
+        return list(self._images)
+
+    def merge(self, state: Sequence[ImageRecord]) -> None:
+        """Add another evaluator's images (another process's shard of the split)."""
+        self._images.extend(state)
 
     def update(
         self,
@@ -181,29 +200,35 @@ class DetectionEvaluator:
         labeled: Sequence[bool],
         scales: Sequence[float] | None = None,
         ignore: Sequence[torch.Tensor] | None = None,
+        keys: Sequence[tuple] | None = None,
     ) -> None:
         """Add images: detections, ``[G, 4]`` xyxy boxes, ``[G]`` labels; unlabeled skipped.
 
         ``scales``: per image network pixels per source pixel (``Batch.letterbox[:, 0]``),
         for the area ranges; None = 1 (boxes already in source pixels). ``ignore``: per
         image ``[M, 4]`` xyxy ignore regions in the boxes' frame (``Batch.ignore``).
+        ``keys``: per image, its place in the split (e.g. ``(dataset, index)``). COCO breaks
+        score ties by image order, so images gathered from several processes are put
+        back in split order by key before scoring; None = the order they arrive in.
         """
         scales = [1.0] * len(detections) if scales is None else scales
         ignore = [None] * len(detections) if ignore is None else ignore
-        for det, boxes, labels, is_labeled, scale, regions in zip(
-            detections, gt_boxes, gt_labels, labeled, scales, ignore, strict=True
+        keys = [None] * len(detections) if keys is None else keys
+        for det, boxes, labels, is_labeled, scale, regions, key in zip(
+            detections, gt_boxes, gt_labels, labeled, scales, ignore, keys, strict=True
         ):
             if bool(is_labeled):
-                self._add_image(det, boxes, labels, float(scale), regions)
+                self._images.append(self._record(det, boxes, labels, float(scale), regions, key))
 
-    def _add_image(
+    def _record(
         self,
         det: Detections,
         gt_boxes: torch.Tensor,
         gt_labels: torch.Tensor,
         scale: float = 1.0,
         ignore: torch.Tensor | None = None,
-    ) -> None:
+        key: tuple | None = None,
+    ) -> ImageRecord:
         regions = torch.zeros(0, 4) if ignore is None else ignore  # [M, 4]
         regions = regions.detach().to("cpu", torch.float64).reshape(-1, 4)
         crowd_in = np.ones((len(regions), len(AREA_RANGES)), bool)  # [M, R], unused: ignored
@@ -213,6 +238,7 @@ class DetectionEvaluator:
         scores = det.scores.detach().cpu().numpy().astype(np.float64).reshape(-1)  # [N]
         labels = det.labels.detach().cpu().numpy().astype(np.int64).reshape(-1)  # [N]
         gt_in, dt_in = _in_ranges(gt_boxes, scale), _in_ranges(dt_boxes, scale)  # [G|N, R]
+        kept_scores, kept_labels, status = [], [], []  # per class present
         for k in np.unique(labels):
             idx = np.flatnonzero(labels == k)
             idx = idx[np.argsort(-scores[idx], kind="mergesort")][: self.max_dets]
@@ -224,22 +250,33 @@ class DetectionEvaluator:
             ious = torch.cat([ious, ioa], dim=1)  # [D_k, G_k + M], regions as crowd columns
             crowd = np.arange(ious.shape[1]) >= len(gt_k)  # [G_k + M]
             gt_in_k = np.concatenate([gt_in[gt_labels_np == k], crowd_in])  # [G_k + M, R]
-            self._scores.append(scores[idx])
-            self._labels.append(np.full(len(idx), k, dtype=np.int64))
-            self._status.append(_range_status(ious.numpy(), gt_in_k, dt_in[idx], crowd))
-        self._gt_labels.append(gt_labels_np)
-        self._gt_in.append(gt_in)
-        self.num_images += 1
+            kept_scores.append(scores[idx])
+            kept_labels.append(np.full(len(idx), k, dtype=np.int64))
+            status.append(_range_status(ious.numpy(), gt_in_k, dt_in[idx], crowd))
+        empty = np.zeros((0, len(AREA_RANGES), len(IOU_THRESHOLDS)), np.int8)
+        return ImageRecord(
+            key,
+            np.concatenate([np.zeros(0), *kept_scores]),
+            np.concatenate([np.zeros(0, np.int64), *kept_labels]),
+            np.concatenate([empty, *status]),
+            gt_labels_np,
+            gt_in,
+        )
 
     def compute(self) -> dict[str, float]:
         """The detection keys; NaN when no labeled image has a ground-truth box, and an
         area key NaN when no ground truth falls in its range."""
-        gt_labels = np.concatenate([np.zeros(0, np.int64), *self._gt_labels])
-        gt_in = np.concatenate([np.zeros((0, len(AREA_RANGES)), bool), *self._gt_in])  # [G, R]
-        scores = np.concatenate([np.zeros(0), *self._scores])  # [M], image order
-        labels = np.concatenate([np.zeros(0, np.int64), *self._labels])  # [M]
+        images = self._images
+        if images and all(r.key is not None for r in images):
+            images = sorted(images, key=lambda r: r.key)  # stable: split order
+        gt_labels = np.concatenate([np.zeros(0, np.int64), *(r.gt_labels for r in images)])
+        gt_in = np.concatenate(
+            [np.zeros((0, len(AREA_RANGES)), bool), *(r.gt_in for r in images)]
+        )  # [G, R]
+        scores = np.concatenate([np.zeros(0), *(r.scores for r in images)])  # [M], image order
+        labels = np.concatenate([np.zeros(0, np.int64), *(r.labels for r in images)])  # [M]
         empty = np.zeros((0, len(AREA_RANGES), len(IOU_THRESHOLDS)), np.int8)
-        status = np.concatenate([empty, *self._status])  # [M, R, T]
+        status = np.concatenate([empty, *(r.status for r in images)])  # [M, R, T]
         ap, recall = _class_ap(scores, labels, status[:, 0], np.bincount(gt_labels[gt_in[:, 0]]))
         out = {
             "det/mAP50": float(ap[:, 0].mean()) if ap.size else math.nan,

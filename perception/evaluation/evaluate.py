@@ -19,8 +19,8 @@ from perception.checkpoints import load_model
 from perception.data.collate import collate
 from perception.data.datasets import V1Dataset
 from perception.data.transforms import SampleTransform
+from perception.evaluation.metrics import MetricsSuite
 from perception.inference.backends import OnnxBackend
-from perception.training.metrics import MetricsSuite
 
 
 def pick_device(device: str | None) -> torch.device:

@@ -7,20 +7,17 @@ per-batch values. Everything is at network resolution; padding (``valid`` False)
 pixels (255) and samples not labeled for a task never count. A ratio whose denominator is
 zero (e.g. no labeled sample for a task, no lane pixel anywhere) is ``NaN``, not an error.
 
-Detection is COCO's, bit for bit (``training.coco``, re-exported here).
+Detection is COCO's, bit for bit (``evaluation.coco``, re-exported here).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
-from perception.ops.camera import depth_scale
-from perception.postprocess.dense import depth_metres, seg_probabilities
-from perception.postprocess.detection import postprocess_detections
-from perception.structures import Batch, HeadOutputs
-from perception.training.coco import (
+from perception.evaluation.coco import (
     AREA_KEYS,
     COCO_MAX_DETS,
     EVAL_CONF,
@@ -31,6 +28,10 @@ from perception.training.coco import (
     match_detections,
     to_coco,
 )
+from perception.ops.camera import depth_scale
+from perception.postprocess.dense import depth_metres, seg_probabilities
+from perception.postprocess.detection import postprocess_detections
+from perception.structures import Batch, HeadOutputs
 
 __all__ = [
     "AREA_KEYS",
@@ -109,6 +110,14 @@ class SegmentationEvaluator:
         mask = valid.bool() & (labels <= 1) & labeled.bool()[:, None, None]  # [B, H, W]
         return confusion_counts(pred, labels == 1, mask).cpu()
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The sum states (confusion counts): merged across processes by adding."""
+        return {"lane": self._lane.clone(), "drivable": self._drivable.clone()}
+
+    def merge(self, state: dict[str, torch.Tensor]) -> None:
+        self._lane += state["lane"]
+        self._drivable += state["drivable"]
+
     def compute(self) -> dict[str, float]:
         tp, fp, fn, tn = self._lane.tolist()
         tpr, tnr = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
@@ -168,6 +177,14 @@ class DepthEvaluator:
         self._sums += sums.cpu().double()
         self._count += int(d.numel())
 
+    def state(self) -> dict[str, torch.Tensor | int]:
+        """The sum states (error sums, pixel count): merged across processes by adding."""
+        return {"sums": self._sums.clone(), "count": self._count}
+
+    def merge(self, state: dict[str, torch.Tensor | int]) -> None:
+        self._sums += state["sums"]
+        self._count += int(state["count"])
+
     def compute(self) -> dict[str, float]:
         if self._count == 0:
             return {f"depth/{name}": math.nan for name in self._TERMS}
@@ -209,11 +226,33 @@ class MetricsSuite:
         self.depth.reset()
         self.num_images = 0
 
+    def state(self) -> dict:
+        """Everything ``compute`` needs, picklable: sum states and detection's per-image
+        records. ``merge`` adds another suite's (another process's shard of the split)."""
+        return {
+            "detection": self.detection.state(),
+            "segmentation": self.segmentation.state(),
+            "depth": self.depth.state(),
+            "num_images": self.num_images,
+        }
+
+    def merge(self, state: dict) -> None:
+        self.detection.merge(state["detection"])
+        self.segmentation.merge(state["segmentation"])
+        self.depth.merge(state["depth"])
+        self.num_images += int(state["num_images"])
+
     @torch.no_grad()
     def update(
-        self, outputs: HeadOutputs, batch: Batch, points: torch.Tensor, strides: torch.Tensor
+        self,
+        outputs: HeadOutputs,
+        batch: Batch,
+        points: torch.Tensor,
+        strides: torch.Tensor,
+        keys: Sequence[tuple] | None = None,
     ) -> None:
-        """Score one batch; ``points [A, 2]`` / ``strides [A]`` as from ``ops.points``."""
+        """Score one batch; ``points [A, 2]`` / ``strides [A]`` as from ``ops.points``;
+        ``keys`` per image its place in the split (``DetectionEvaluator.update``)."""
         if len(batch) == 0:
             return
         if bool(batch.has_det.any()):
@@ -234,6 +273,7 @@ class MetricsSuite:
                 batch.has_det.tolist(),
                 scales=batch.letterbox[:, 0].tolist(),
                 ignore=batch.ignore,
+                keys=keys,
             )
         self.segmentation.update(
             seg_probabilities(outputs.seg_logits),

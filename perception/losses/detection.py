@@ -27,6 +27,7 @@ from perception.losses.assigners import (
 )
 from perception.losses.terms import TaskLoss
 from perception.ops.boxes import aligned_ciou, aligned_giou, decode_box_dist
+from perception.ops.distributed import all_reduce_sum, world_size
 
 BOX_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "giou": aligned_giou,
@@ -127,6 +128,7 @@ class DetectionLoss(nn.Module):
         pred = decode_box_dist(box_dist[keep].float(), points, strides)  # [B', A, 4] xyxy
         present = torch.tensor(bool(keep), device=cls_logits.device)
         if not keep:  # sums over empty selections: 0 with a graph to the raw outputs
+            self._normaliser(logits.new_zeros(()))  # the other processes wait for ours
             zero = logits.sum() + pred.sum()
             return TaskLoss(zero, {"cls": zero, "box": zero}, present)
         boxes, labels, mask = pad_targets(
@@ -139,12 +141,22 @@ class DetectionLoss(nn.Module):
         if ignore is not None and any(len(ignore[i]) for i in keep):
             ignored = points_in_regions(points, [ignore[i] for i in keep])  # [B', A]
             counted = ~ignored | target.fg  # [B', A], a positive always counts
-        norm = target.scores.sum().clamp(min=1.0)
+        norm = self._normaliser(target.scores.sum())
         vfl = varifocal_loss(logits, target.scores, self.vfl_alpha, self.vfl_gamma, counted)
         cls = vfl / norm
         box = self._box_term(pred, target) / norm
         total = self.cls_weight * cls + self.box_weight * box
         return TaskLoss(total, {"cls": cls, "box": box}, present)
+
+    def _normaliser(self, positives: torch.Tensor) -> torch.Tensor:
+        """The loss divisor: this batch's soft positives, or in distributed training their
+        mean over processes, so every process's gradient has the same scale and their
+        average is the gradient of the whole global batch (not a mean of per-process
+        ratios, which over-weights a process whose images hold few objects). Validation
+        (eval mode) stays per process: its shards need not have equal batch counts."""
+        if self.training and world_size() > 1:
+            positives = all_reduce_sum(positives) / world_size()
+        return positives.clamp(min=1.0)
 
     def _box_term(self, pred: torch.Tensor, target: Assignment) -> torch.Tensor:
         """``sum_fg (1 - IoU-family) * target score``: better-aligned points count more."""

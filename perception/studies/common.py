@@ -41,9 +41,9 @@ from perception.data.formats import v1
 from perception.data.synthetic.scene import CLASSES
 from perception.data.synthetic.writer import write_dataset
 from perception.data.transforms import SampleTransform
+from perception.evaluation.metrics import MetricsSuite
 from perception.structures import Sample
 from perception.studies.report import cell
-from perception.training.metrics import MetricsSuite
 from perception.training.module import PerceptionModule
 from perception.training.precision import default_precision
 

@@ -1,4 +1,4 @@
-"""Training and evaluation: the LightningModule, optimizers and the SPEC metrics.
+"""Training: the LightningModule, optimizers, EMA, callbacks and the ``train`` CLI.
 
-``training.metrics`` is pure torch/numpy so ``perception eval`` runs without Lightning.
+The metrics it validates with live in ``perception.evaluation`` (no Lightning there).
 """

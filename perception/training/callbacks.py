@@ -2,7 +2,7 @@
 
 The first validation batch is decoded with the deployment settings and drawn with the
 same ``visualize.prediction_overlay`` that ``Prediction.plot`` uses; the grid goes to
-TensorBoard and, as a PNG, to ``<log_dir>/overlays/`` (readable without TensorBoard).
+TensorBoard and, as a JPEG, to ``<log_dir>/overlays/`` (readable without TensorBoard).
 """
 
 from __future__ import annotations
@@ -69,8 +69,10 @@ def log_overlays(
     outputs: HeadOutputs,
     points: torch.Tensor,
     strides: torch.Tensor,
+    log_dir: str | None = None,
 ) -> None:
-    """Draw the batch's predictions and send them to every place a person can look."""
+    """Draw the batch's predictions and send them to every place a person can look
+    (TensorBoard, and ``log_dir/overlays/`` as JPEG files)."""
     grid = overlay_grid(
         batch,
         outputs,
@@ -84,7 +86,6 @@ def log_overlays(
     for logger in module.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image("val/overlays", grid, step, dataformats="HWC")
-    log_dir = module.trainer.log_dir if module.trainer is not None else None
     if log_dir:
         folder = Path(log_dir) / "overlays"
         folder.mkdir(parents=True, exist_ok=True)

@@ -32,11 +32,20 @@ class PerceptionCLI(LightningCLI):
         parser.link_arguments("model.net.default_hfov", "data.default_hfov")
 
     def parse_arguments(self, parser, args) -> None:
-        """Parse, turning jsonargparse's usage dump into one line that names the key."""
+        """Parse, turning jsonargparse's usage dump into one line that names the key.
+
+        Then put back the command the user typed (``run_train`` swapped it for the
+        parser): DDP starts the other processes by running ``sys.argv`` again.
+        """
         try:
             super().parse_arguments(parser, args)
         except argparse.ArgumentError as err:
             raise PerceptionError(config_error(parser, str(err))) from None
+        finally:
+            sys.argv = _TYPED[-1] if _TYPED else sys.argv
+
+
+_TYPED: list[list[str]] = []  # the command line run_train was started from
 
 
 def config_error(parser, message: str) -> str:
@@ -124,6 +133,7 @@ def run_train(argv: Sequence[str]) -> None:
     so the arguments go through ``sys.argv`` for the duration of the call.
     """
     saved = sys.argv
+    _TYPED.append(saved)
     sys.argv = ["perception train", "fit", *argv]
     try:
         PerceptionCLI(
@@ -135,3 +145,4 @@ def run_train(argv: Sequence[str]) -> None:
         )
     finally:
         sys.argv = saved
+        _TYPED.pop()

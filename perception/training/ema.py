@@ -3,6 +3,12 @@
 EMA weights generalize better than the last step's and smooth out the noise of large
 learning rates. The decay ramps up (``decay * (1 - exp(-step / ramp))``) so early, random
 weights are forgotten quickly.
+
+Why not Lightning's ``EMAWeightAveraging``: its decay is fixed from the first step, so on a
+short run (a CPU fine-tune, a study's few hundred steps) the average is still mostly the
+random initialisation (``tests/test_ema.py`` measures it); and this EMA is a submodule,
+saved in every checkpoint as ``ema.module.*``, which ``load_model`` and ``init_weights``
+read. It updates once per optimizer step (``PerceptionModule.on_train_batch_end``).
 """
 
 from __future__ import annotations

@@ -20,11 +20,13 @@ import torch
 from perception.checkpoints import init_from
 from perception.data.synthetic.scene import CLASSES
 from perception.errors import PerceptionError
+from perception.evaluation.distributed import gather_suites
+from perception.evaluation.metrics import MetricsSuite
 from perception.losses.multitask import LossConfig, build_combiner, build_loss
 from perception.models import ModelConfig, build_model
+from perception.ops.distributed import all_reduce_sum, world_size
 from perception.structures import TASKS, Batch, HeadOutputs
 from perception.training.ema import ModelEMA
-from perception.training.metrics import MetricsSuite
 from perception.training.nonfinite import ACTIONS, describe, nonfinite_grads, nonfinite_terms
 from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
 
@@ -145,6 +147,8 @@ class PerceptionModule(L.LightningModule):
         self.dataset_metrics: list[MetricsSuite] = []  # per validation dataset, when several
         self.dataset_names: list[str] = []
         self._val_loss = torch.zeros(2)
+        self._val_index: list[dict[str, int]] = []  # per validation dataset: id -> index
+        self._log_dir: str | None = None  # where validation overlays go
         self._points: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.nonfinite_steps = 0  # skipped so far (saved in the checkpoint)
         self._ema_step = 0  # the optimizer step the EMA last took in
@@ -213,9 +217,14 @@ class PerceptionModule(L.LightningModule):
         total, parts = self.loss(outputs, batch, *self.points(images))
         self._step_ids = list(batch.ids)
         bad = nonfinite_terms(total, parts)
-        if bad:
-            self._nonfinite(describe("loss", bad, self.global_step, batch.ids))
-            return None  # Lightning skips backward and the optimizer step
+        if self._any_rank(bool(bad)):
+            step = self.global_step
+            self._nonfinite(
+                describe("loss", bad, step, batch.ids)
+                if bad
+                else f"non-finite loss on another process at step {step}"
+            )
+            return None  # every process skips backward and the optimizer step together
         logged = {f"train/{k}": v.detach().float() for k, v in parts.items()}
         self.log_dict(logged, batch_size=len(batch))
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=len(batch))
@@ -226,6 +235,14 @@ class PerceptionModule(L.LightningModule):
         if bad:
             self._nonfinite(describe("gradient", bad, self.global_step, self._step_ids))
             optimizer.zero_grad(set_to_none=True)  # the optimizer skips grad-less parameters
+
+    @staticmethod
+    def _any_rank(flag: bool) -> bool:
+        """``flag`` on any process. Under DDP one process cannot skip a step alone (the
+        others would wait in backward's all-reduce forever), so they decide together."""
+        if world_size() == 1:
+            return flag
+        return bool(all_reduce_sum(torch.tensor(float(flag))) > 0)
 
     def _nonfinite(self, message: str) -> None:
         """Skip-and-count, or stop with a checkpoint (``on_nonfinite``)."""
@@ -258,16 +275,31 @@ class PerceptionModule(L.LightningModule):
         points, strides = self.points(images)
         total, _ = self.loss(outputs, batch, points, strides)
         self._val_loss += torch.stack([total.detach() * len(batch), total.new_tensor(len(batch))])
-        self.metrics.update(outputs, batch, points, strides)
+        keys = self._split_keys(batch.ids, dataloader_idx)
+        self.metrics.update(outputs, batch, points, strides, keys)
         if self.dataset_metrics:
-            self.dataset_metrics[dataloader_idx].update(outputs, batch, points, strides)
+            self.dataset_metrics[dataloader_idx].update(outputs, batch, points, strides, keys)
         first = batch_idx == 0 and dataloader_idx == 0
         if first and self.hparams.overlay_images > 0 and self.trainer.is_global_zero:  # one writer
             from perception.training.callbacks import log_overlays
 
-            log_overlays(self, batch, outputs, points, strides)
+            log_overlays(self, batch, outputs, points, strides, self._log_dir)
+
+    def _split_keys(self, ids: Sequence[str], dataloader_idx: int) -> list[tuple] | None:
+        """Each image's place in the validation split, ``(dataset, index)``: ranks' shards
+        are scored in split order once gathered. None without a datamodule's ids."""
+        if dataloader_idx >= len(self._val_index):
+            return None
+        index = self._val_index[dataloader_idx]
+        if not all(i in index for i in ids):
+            return None
+        return [(dataloader_idx, index[i]) for i in ids]
 
     def on_validation_epoch_start(self) -> None:
+        # on every process: under DDP, reading it is a collective (a broadcast from rank 0)
+        self._log_dir = self.trainer.log_dir
+        datasets = getattr(getattr(self.trainer.datamodule, "val_set", None), "datasets", [])
+        self._val_index = [{s: i for i, s in enumerate(getattr(d, "ids", []))} for d in datasets]
         self.metrics.reset()
         self._val_loss = torch.zeros(2, device=self.device)  # sum of loss x images, images
         # several validation datasets (a BDD100K split and a KITTI split, say): each is also
@@ -281,17 +313,22 @@ class PerceptionModule(L.LightningModule):
         self.dataset_names = names
 
     def on_validation_epoch_end(self) -> None:
-        # Whole-split metrics of this process's shard; with several GPUs each rank scores
-        # its own part (single-GPU training is the supported recipe).
-        if self._val_loss[1] > 0:
-            self.log("val/loss", self._val_loss[0] / self._val_loss[1], sync_dist=True)
+        # Under DDP each process scored its own shard (no sample twice: the datamodule's
+        # validation sampler does not pad); merging the shards' sum states gives every
+        # process the whole split's metrics, equal on all of them.
+        loss_sum, images = all_reduce_sum(self._val_loss).tolist()
+        gather_suites([self.metrics, *self.dataset_metrics])
         results = self.metrics.compute()
         finite = {f"val/{k}": v for k, v in results.items() if not math.isnan(v)}
         for name, suite in zip(self.dataset_names, self.dataset_metrics, strict=True):
             part = suite.compute()
             finite |= {f"val/{name}/{k}": v for k, v in part.items() if not math.isnan(v)}
-        self.log_dict(finite)
-        self.log("val/score", combined_score(results), prog_bar=True)
+        if images > 0:
+            finite["val/loss"] = loss_sum / images
+        # the values are already equal on every process: "max" syncs them without change
+        self.log_dict(finite, sync_dist=True, reduce_fx="max")
+        score = combined_score(results)
+        self.log("val/score", score, prog_bar=True, sync_dist=True, reduce_fx="max")
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):

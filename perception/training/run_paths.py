@@ -33,11 +33,12 @@ def link(target: Path, name: Path) -> Path:
 class RunPaths(L.Callback):
     """Print the checkpoint and log folders; link the newest checkpoints and CSV at the end."""
 
-    @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         ckpt = trainer.checkpoint_callback
         where = getattr(ckpt, "dirpath", None) or "(no checkpointing)"
-        print(f"perception train: checkpoints in {where}; logs in {trainer.log_dir}", flush=True)
+        logs = trainer.log_dir  # every process: under DDP it is a collective (a broadcast)
+        if trainer.is_global_zero:
+            print(f"perception train: checkpoints in {where}; logs in {logs}", flush=True)
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
