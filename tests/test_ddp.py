@@ -94,3 +94,23 @@ def test_ddp_validation_equals_one_process_eval(ddp_run: tuple[Path, Path, str])
         assert logged[f"val/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), key
         compared += 1
     assert compared >= 10  # detection, lanes, drivable area and depth all scored
+
+
+def _skip_decision(rank: int, world: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from perception.training.module import PerceptionModule
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        decided = PerceptionModule._any_rank(rank == 1)  # only rank 1 saw a NaN
+        Path(out, f"rank{rank}").write_text(str(decided))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_nonfinite_loss_on_one_process_skips_the_step_on_all(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_skip_decision, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["True", "True"]
