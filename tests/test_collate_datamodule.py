@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import CLASSES
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from perception.data.collate import collate
-from perception.data.datamodule import PerceptionDataModule, in_val_split, mixing_sampler
+from perception.data.datamodule import PerceptionDataModule, in_val_split
 from perception.data.datasets import V1Dataset
 from perception.data.formats import v1
+from perception.data.order import TrainOrder, mixing_weights
 from perception.data.transforms import AugmentConfig, SampleTransform
 from perception.errors import PerceptionError
 from perception.structures import Camera, Letterbox, Sample
@@ -124,16 +125,21 @@ def test_val_fraction_split_is_deterministic_and_disjoint(tiny_dataset):
 
 
 def test_weighted_mixing_draws_in_proportion(tiny_dataset):
-    sampler = mixing_sampler([4, 12], [3.0, 1.0], torch.Generator().manual_seed(0))
-    draws = torch.tensor([i for _ in range(250) for i in sampler])  # 4000 draws
-    share_small = (draws < 4).double().mean().item()
+    order = TrainOrder(16, seed=0, weights=mixing_weights([4, 12], [3.0, 1.0]))
+    draws = []
+    for epoch in range(250):  # 4000 draws
+        order.set_epoch(epoch)
+        draws += [index for index, _ in order]
+    share_small = (torch.tensor(draws) < 4).double().mean().item()
     assert share_small == pytest.approx(0.75, abs=0.03)  # not 4/16 = 0.25 by size
     dm = datamodule([tiny_dataset("a", num=4), tiny_dataset("b", num=12)], train_weights=[1, 3])
     loader = dm.train_dataloader()
-    assert isinstance(loader.sampler, WeightedRandomSampler) and len(loader.sampler) == 16
-    torch.manual_seed(0)
-    draws = torch.tensor([i for _ in range(250) for i in loader.sampler])
-    assert (draws < 4).double().mean().item() == pytest.approx(0.25, abs=0.03)
+    assert isinstance(loader.sampler, TrainOrder) and len(loader.sampler) == 16
+    draws = []
+    for epoch in range(250):
+        loader.sampler.set_epoch(epoch)
+        draws += [index for index, _ in loader.sampler]
+    assert (torch.tensor(draws) < 4).double().mean().item() == pytest.approx(0.25, abs=0.03)
 
 
 @pytest.mark.parametrize(

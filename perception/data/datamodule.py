@@ -7,16 +7,19 @@ Init arguments are typed primitives only: they become Lightning hyperparameters 
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 from collections.abc import Sequence
 from functools import partial
 
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, WeightedRandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from perception.data.collate import collate
 from perception.data.datasets import V1Dataset
+from perception.data.order import SeededDraws, TrainOrder, mixing_weights
 from perception.data.transforms import AugmentConfig, SampleTransform
 from perception.errors import PerceptionError
 from perception.ops.camera import DEFAULT_HFOV
@@ -29,28 +32,6 @@ def in_val_split(sample_id: str, val_fraction: float) -> bool:
     machine, run or manifest order, and adding samples never moves existing ones."""
     digest = hashlib.sha1(sample_id.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
-
-
-def mixing_sampler(
-    lengths: list[int], weights: list[float], generator: torch.Generator | None = None
-) -> WeightedRandomSampler:
-    """Draw from concatenated datasets so dataset ``i`` gets ``weights[i] / sum(weights)``
-    of the draws, whatever its size (samples within one dataset are equally likely).
-
-    ``num_samples`` is the total length, so an "epoch" keeps its usual size. Under DDP
-    Lightning wraps this sampler in a distributed one by itself.
-    """
-    if len(lengths) != len(weights):
-        raise PerceptionError(f"{len(weights)} weights for {len(lengths)} datasets")
-    per_sample = []
-    for n, w in zip(lengths, weights, strict=True):
-        per_sample += [w / n] * n if n else []
-    return WeightedRandomSampler(
-        torch.tensor(per_sample, dtype=torch.double),
-        num_samples=sum(lengths),
-        replacement=True,
-        generator=generator,
-    )
 
 
 class PerceptionDataModule(L.LightningDataModule):
@@ -112,6 +93,7 @@ class PerceptionDataModule(L.LightningDataModule):
             weather_p=weather_p,
         )
         self.train_set: ConcatDataset | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, batches used) from a checkpoint
         self.val_set: ConcatDataset | None = None
         self.val_names: list[str] = []  # one per validation dataset, for per-dataset metrics
 
@@ -152,12 +134,37 @@ class PerceptionDataModule(L.LightningDataModule):
         return counts
 
     def train_dataloader(self) -> DataLoader:
+        """Draws in ``TrainOrder`` (a pure function of seed, epoch and position); after a
+        resume, the interrupted epoch continues at the draw where it stopped."""
         self.setup("fit")
-        sampler = None
+        weights = None
         if self.hparams.train_weights is not None:
             lengths = [len(d) for d in self.train_set.datasets]
-            sampler = mixing_sampler(lengths, list(self.hparams.train_weights))
-        return self._loader(self.train_set, shuffle=sampler is None, sampler=sampler)
+            weights = mixing_weights(lengths, list(self.hparams.train_weights))
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
+        order = TrainOrder(len(self.train_set), seed, weights)
+        if self._resume is not None:
+            epoch, batches = self._resume
+            batches_per_epoch = math.ceil(order.num_samples / self.hparams.batch_size)
+            if batches >= batches_per_epoch:  # saved at the end of an epoch
+                epoch, batches = epoch + 1, 0
+            order.set_epoch(epoch)
+            order.skip = batches * self.hparams.batch_size
+            self._resume = None
+        return self._loader(SeededDraws(self.train_set), False, order, ResumableLoader)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training is in the data: the epoch and the batches of it already used
+        (saved in every checkpoint; ``load_state_dict`` resumes there)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        used = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return {"epoch": int(trainer.current_epoch), "batches": int(used)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state:
+            self._resume = (int(state["epoch"]), int(state["batches"]))
 
     def val_dataloader(self) -> DataLoader | list:
         """One loader per validation dataset (several: metrics per dataset and overall)."""
@@ -167,9 +174,11 @@ class PerceptionDataModule(L.LightningDataModule):
         loaders = [self._loader(d, False, shard_sampler(d)) for d in self.val_set.datasets]
         return loaders[0] if len(loaders) == 1 else loaders
 
-    def _loader(self, dataset: Dataset, shuffle: bool, sampler: object) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, shuffle: bool, sampler: object, cls: type = DataLoader
+    ) -> DataLoader:
         hp = self.hparams
-        return DataLoader(
+        return cls(
             dataset,
             batch_size=hp.batch_size,
             shuffle=shuffle,
@@ -179,6 +188,19 @@ class PerceptionDataModule(L.LightningDataModule):
             pin_memory=hp.pin_memory and torch.cuda.is_available(),
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
         )
+
+
+class ResumableLoader(DataLoader):
+    """The training loader, marked resumable for Lightning: the position it resumes from
+    is saved and restored by ``PerceptionDataModule.state_dict`` (from Lightning's own
+    count of the batches used, which knows about prefetching) and applied by
+    ``TrainOrder.skip``; the loader itself keeps nothing."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def shard_sampler(dataset: Dataset) -> Sampler | None:

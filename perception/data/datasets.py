@@ -118,6 +118,11 @@ class V1Dataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> Sample | None:
+        return self.get(index)
+
+    def get(self, index: int, rng: np.random.Generator | None = None) -> Sample | None:
+        """The transformed sample at ``index`` (``None``, with one warning, when it is
+        bad); ``rng`` draws its augmentation (``SampleTransform``)."""
         record = self.records[index]
         try:
             sample = self.load(index)
@@ -130,7 +135,9 @@ class V1Dataset(Dataset):
                 err,
             )
             return None
-        return self.transform(sample) if self.transform is not None else sample
+        if self.transform is None:
+            return sample
+        return self.transform(sample) if rng is None else self.transform(sample, rng)
 
     def load(self, index: int) -> Sample:
         """The untransformed ``Sample`` at ``index``; raises ``DatasetFormatError`` if bad."""

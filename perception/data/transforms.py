@@ -328,7 +328,8 @@ class SampleTransform:
     letterbox and zoom act on it exactly as on a calibrated camera; ``None`` leaves it
     without one (its depth then cannot be scored by a camera-aware model).
 
-    Randomness: pass ``rng`` for reproducible draws; without it each process (DataLoader
+    Randomness: pass ``rng`` for reproducible draws (training does: each draw of
+    ``data.order.TrainOrder`` carries its own seed); without it each process (DataLoader
     worker) seeds its own generator from ``torch.initial_seed()``, which PyTorch makes
     distinct per worker and epoch, so workers never repeat each other's augmentations.
     """

@@ -151,7 +151,7 @@ class PerceptionModule(L.LightningModule):
         self._log_dir: str | None = None  # where validation overlays go
         self._points: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.nonfinite_steps = 0  # skipped so far (saved in the checkpoint)
-        self._ema_step = 0  # the optimizer step the EMA last took in
+        self._loss_ok = False  # this step's loss was finite (the EMA takes the step in)
         self._step_ids: list[str] = []
 
     @property
@@ -225,6 +225,7 @@ class PerceptionModule(L.LightningModule):
                 else f"non-finite loss on another process at step {step}"
             )
             return None  # every process skips backward and the optimizer step together
+        self._loss_ok = True
         logged = {f"train/{k}": v.detach().float() for k, v in parts.items()}
         self.log_dict(logged, batch_size=len(batch))
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=len(batch))
@@ -260,12 +261,15 @@ class PerceptionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
 
-    def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
-        # once per optimizer step: not per micro-batch under gradient accumulation, and not
-        # after a step that was skipped
-        if self.ema is not None and self.global_step > self._ema_step:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the EMA takes it in: once per optimizer step (not per
+        micro-batch under gradient accumulation), never after a skipped one, and before
+        any ``on_train_batch_end`` checkpoint is written, so a resumed run's EMA is the
+        uninterrupted run's."""
+        self._loss_ok = False  # set by training_step, which runs inside the step's closure
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None and self._loss_ok:
             self.ema.update(self.model)
-            self._ema_step = self.global_step
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if len(batch) == 0:
