@@ -7,7 +7,7 @@ per-batch values. Everything is at network resolution; padding (``valid`` False)
 pixels (255) and samples not labeled for a task never count. A ratio whose denominator is
 zero (e.g. no labeled sample for a task, no lane pixel anywhere) is ``NaN``, not an error.
 
-Detection is COCO's, bit for bit (``evaluation.coco``, re-exported here).
+Detection is COCO's own (``evaluation.coco``: faster-coco-eval), re-exported here.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from perception.evaluation.coco import (
     EVAL_IOU,
     EVAL_MAX_DET,
     DetectionEvaluator,
-    interpolated_ap,
-    match_detections,
     to_coco,
 )
 from perception.ops.camera import depth_scale
@@ -39,8 +37,6 @@ __all__ = [
     "DetectionEvaluator",
     "MetricsSuite",
     "SegmentationEvaluator",
-    "interpolated_ap",
-    "match_detections",
     "to_coco",
 ]
 
