@@ -119,3 +119,15 @@ def tiny_dataset(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+def tiny_model_section(**overrides: object) -> dict:
+    """The ``model:`` section of a training config small enough for a test to train in
+    seconds (resnet18 with 16-wide neck and heads, a fast EMA, no overlays)."""
+    return {
+        "net": {"backbone": "resnet18", "neck_width": 16, "head_width": 16},
+        "ema_decay": 0.9,
+        "overlay_images": 0,
+        "warmup_steps": 2,
+        **overrides,
+    }

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_model_section
 
 from perception.data.synthetic.writer import write_dataset
 from perception.evaluation.evaluate import evaluate
@@ -27,12 +28,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     val = write_dataset(tmp / "val", VAL_IMAGES, seed=4, size=SIZE)
     config = {
         "seed_everything": 0,
-        "model": {
-            "net": {"backbone": "resnet18", "neck_width": 16, "head_width": 16},
-            "ema_decay": 0.9,
-            "overlay_images": 2,
-            "warmup_steps": 1,
-        },
+        "model": tiny_model_section(overlay_images=2, warmup_steps=1),
         "data": {
             "train": [str(train)],
             "val": [str(val)],

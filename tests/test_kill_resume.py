@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_model_section
 
 from perception.checkpoints import load_model
 from perception.data.synthetic.writer import write_dataset
@@ -23,12 +24,7 @@ STEPS = 24
 
 def _config(tmp_path: Path, data: Path) -> Path:
     config = {
-        "model": {
-            "net": {"backbone": "resnet18", "neck_width": 16, "head_width": 16},
-            "ema_decay": 0.9,
-            "overlay_images": 0,
-            "warmup_steps": 2,
-        },
+        "model": tiny_model_section(),
         "data": {
             "train": [str(data)],
             "val_fraction": 0.25,
