@@ -95,21 +95,30 @@ def test_ddp_validation_equals_one_process_eval(ddp_run: tuple[Path, Path, str])
     assert compared >= 10  # detection, lanes, drivable area and depth all scored
 
 
-def _skip_decision(rank: int, world: int, store: str, out: str) -> None:
+def _collectives(rank: int, world: int, store: str, out: str) -> None:
+    import torch
     import torch.distributed as dist
 
+    from perception.losses.detection import DetectionLoss
     from perception.training.module import PerceptionModule
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         decided = PerceptionModule._any_rank(rank == 1)  # only rank 1 saw a NaN
-        Path(out, f"rank{rank}").write_text(str(decided))
+        loss = DetectionLoss()
+        train_norm = float(loss._normaliser(torch.tensor(2.0 + 4.0 * rank)))  # 2 and 6
+        loss.eval()
+        val_norm = float(loss._normaliser(torch.tensor(2.0 + 4.0 * rank)))
+        Path(out, f"rank{rank}").write_text(f"{decided} {train_norm} {val_norm}")
     finally:
         dist.destroy_process_group()
 
 
-def test_a_nonfinite_loss_on_one_process_skips_the_step_on_all(tmp_path: Path) -> None:
+def test_one_process_nan_skips_all_and_the_loss_normaliser_is_global(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
-    mp.spawn(_skip_decision, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2)
-    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["True", "True"]
+    mp.spawn(_collectives, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    # a NaN seen by rank 1 alone skips the step on both; in training both ranks divide by
+    # the mean of their positives (2 and 6 -> 4), in validation each by its own
+    got = [(tmp_path / f"rank{r}").read_text() for r in (0, 1)]
+    assert got == ["True 4.0 2.0", "True 4.0 6.0"]
