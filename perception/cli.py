@@ -173,6 +173,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         train_steps=args.train_steps,
         threads=args.threads,
         workers=args.workers,
+        peer=args.peer,
     )
     print(format_report(report))
     write_report(report, args.json)
@@ -194,6 +195,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-steps", type=int, default=0, help="timed training steps (0: skip)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads per runtime")
     p.add_argument("--workers", type=int, default=2, help="data workers for training rows")
+    p.add_argument(
+        "--peer",
+        default=None,
+        help="another network timed beside ours: module:function (or file.py:function) "
+        "returning an nn.Module, e.g. torchvision.models:resnet50",
+    )
     p.add_argument("--json", default="runs/bench/bench.json", help="where to write the JSON")
     p.set_defaults(func=_cmd_bench)
 

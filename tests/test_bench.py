@@ -71,3 +71,63 @@ def test_timed_counts_only_the_timed_calls() -> None:
     calls = []
     seconds = timed(lambda: calls.append(torch.ones(1)), warmup=2, iters=5)
     assert len(calls) == 7 and seconds.shape == (5,) and np.all(seconds >= 0)
+
+
+def test_bench_times_a_peer_beside_ours_and_describes_the_machine(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    weights = write_tiny_release(tmp_path / "tiny.safetensors")
+    (tmp_path / "mypeer.py").write_text(
+        "import torch\n"
+        "def net():\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())\n"
+    )
+    out = tmp_path / "bench.json"
+    args = ["bench", "--weights", str(weights), "--iters", "2", "--batch", "2", "--no-onnx",
+            "--peer", f"{tmp_path / 'mypeer.py'}:net", "--json", str(out)]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    rows = {(r["variant"], r["batch"]): r for r in report["rows"]}
+    for batch in (1, 2):
+        assert rows[("peer net torch eager fp32", batch)]["latency_ms"] > 0
+    peer_cost = report["cost"]["peer net"]
+    assert peer_cost["params"] == 3 * 8 * 9 + 8
+    h, w = TINY_RELEASE_SIZE  # one 3x3 conv, 3 -> 8 channels, no padding: 2 FLOPs per MAC
+    assert peer_cost["gflops"] == pytest.approx(2 * 3 * 8 * 9 * (h - 2) * (w - 2) / 1e9)
+    assert report["cost"]["ours"]["params"] > 1e6
+    ratio = report["ratios"]["peer_net_vs_ours_same_runtime"]
+    expected = (
+        rows[("peer net torch eager fp32", 1)]["latency_ms"]
+        / rows[("torch eager fp32", 1)]["latency_ms"]
+    )
+    assert ratio == pytest.approx(expected, abs=0.01)
+    assert "peer net 0.00 M params" in printed and "peer_net_vs_our_fastest" in printed
+    machine = report["machine"]
+    assert machine["cpu_count"] >= 1 and machine["torch"] == torch.__version__
+    assert isinstance(machine["isa"], list) and machine["onnxruntime"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nocolon", "expected module:function"),
+        ("no_such_module_xyz:net", "cannot import 'no_such_module_xyz'"),
+        ("math:no_such_function", "math has no function 'no_such_function'"),
+        ("math:pi", "has no function 'pi'"),
+        ("collections:OrderedDict", "returned OrderedDict, not a torch nn.Module"),
+        ("missing_dir/peer.py:net", "no file missing_dir/peer.py"),
+    ],
+)
+def test_bad_peer_specs_are_one_clear_error(spec: str, message: str) -> None:
+    from perception.benchmark.peer import build_peer
+
+    with pytest.raises(PerceptionError, match=message):
+        build_peer(spec)
+
+
+def test_a_peer_that_cannot_take_the_input_is_named() -> None:
+    from perception.benchmark.peer import check_runs
+
+    with pytest.raises(PerceptionError, match=r"forward pass on a 1x3x64x96 batch failed"):
+        check_runs("x:y", torch.nn.Linear(5, 2), (64, 96))

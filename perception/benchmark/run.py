@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import platform
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +27,9 @@ from typing import Any
 
 import torch
 
+from perception.benchmark.cost import gflops, param_count
+from perception.benchmark.machine import describe_machine
+from perception.benchmark.peer import build_peer, check_runs
 from perception.benchmark.speed import Row, onnx_inference, torch_inference, training_throughput
 from perception.checkpoints import load_model
 from perception.errors import PerceptionError
@@ -50,8 +52,10 @@ def run_bench(
     train_steps: int = 0,
     threads: int | None = None,
     workers: int = 2,
+    peer: str | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark (module docstring); returns the JSON-ready report."""
+    """Run the benchmark (module docstring); returns the JSON-ready report. ``peer``:
+    ``module:function`` building another network, timed beside ours (``benchmark.peer``)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if threads:
         torch.set_num_threads(threads)
@@ -65,6 +69,16 @@ def run_bench(
         for b in sorted({1, batch}):
             model = copy.deepcopy(loaded.model)  # each row casts/moves its own copy
             rows.append(torch_inference(model, size, b, dev, precision, iters=iters))
+    costs = {"ours": _cost(loaded.model, size)}
+    if peer is not None:
+        name, net = build_peer(peer)
+        check_runs(peer, net, size)
+        costs[f"peer {name}"] = _cost(net, size)
+        for precision in ("fp32", "fp16", "bf16") if dev.type == "cuda" else ("fp32",):
+            for b in sorted({1, batch}):
+                row = torch_inference(copy.deepcopy(net), size, b, dev, precision, iters=iters)
+                row.variant = f"peer {name} {row.variant}"
+                rows.append(row)
     if data is not None:
         _score(rows[0], weights, data, eval_images, str(dev))
     if onnx:
@@ -80,10 +94,17 @@ def run_bench(
     return {
         "weights": str(weights),
         "image_size": list(size),
-        "machine": _machine(dev, threads),
+        "machine": describe_machine(dev, threads),
+        "cost": costs,
         "rows": [asdict(r) for r in rows],
         "ratios": _ratios(rows),
     }
+
+
+def _cost(model: torch.nn.Module, size: tuple[int, int]) -> dict[str, float]:
+    """Parameters and GFLOPs per image of a CPU copy of ``model``."""
+    net = copy.deepcopy(model).float().cpu()
+    return {"params": param_count(net), "gflops": gflops(net, size)}
 
 
 def _onnx_rows(loaded, tmp: Path, size, batch, iters, calib, threads) -> list[Row]:
@@ -158,6 +179,15 @@ def _ratios(rows: list[Row]) -> dict[str, float]:
     for key, (fast, base) in pairs.items():
         if (fast, 1) in by and (base, 1) in by:
             out[key] = round(by[(base, 1)].latency_ms / by[(fast, 1)].latency_ms, 2)
+    ours = [r for r in rows if r.batch == 1 and not r.variant.startswith(("peer ", "train "))]
+    for peer in (r for r in rows if r.variant.startswith("peer ") and r.batch == 1):
+        name = peer.variant.split()[1]
+        same = by.get((peer.variant.split(" ", 2)[2], 1))  # ours in the peer's runtime
+        if same is not None:
+            out[f"peer_{name}_vs_ours_same_runtime"] = round(peer.latency_ms / same.latency_ms, 2)
+        fastest = min(ours, key=lambda r: r.latency_ms, default=None)
+        if fastest is not None:
+            out[f"peer_{name}_vs_our_fastest"] = round(peer.latency_ms / fastest.latency_ms, 2)
     train = {r.variant.removeprefix("train "): r.images_per_s for r in rows if "train" in r.variant}
     for name, speed in train.items():  # end-to-end vs model-only of the same setting
         only = train.get(name.replace("end-to-end", "model-only"))
@@ -170,31 +200,6 @@ def _ratios(rows: list[Row]) -> dict[str, float]:
     return out
 
 
-def _machine(dev: torch.device, threads: int | None) -> dict[str, Any]:
-    import onnxruntime
-
-    info = {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "ort_threads": threads or min(4, os.cpu_count() or 1),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
-    return info
-
-
-def _cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def format_report(report: dict[str, Any]) -> str:
     """The report as a Markdown table (pasteable into docs/deploy.md)."""
     keys = [k for k in ACCURACY_KEYS if any(k in r["metrics"] for r in report["rows"])]
@@ -205,8 +210,22 @@ def format_report(report: dict[str, Any]) -> str:
         speed = [f"{r['latency_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['images_per_s']:.1f}"]
         cells = [r["variant"], r["device"], str(r["batch"]), *speed, *acc]
         lines.append("| " + " | ".join(cells) + " |")
+    costs = "; ".join(
+        f"{name} {c['params'] / 1e6:.2f} M params, {c['gflops']:.2f} GFLOPs"
+        for name, c in report.get("cost", {}).items()
+    )
     ratios = ", ".join(f"{k} {v:.2f}x" for k, v in report["ratios"].items())
-    return "\n".join(lines) + (f"\n\nratios: {ratios}" if ratios else "")
+    machine = report["machine"]
+    lines.insert(
+        0,
+        f"machine: {machine['device']}, {machine['cpu_count']} logical CPUs"
+        f"{', ' + ' '.join(machine['isa']) if machine.get('isa') else ''}\n",
+    )
+    return (
+        "\n".join(lines)
+        + (f"\n\ncost: {costs}" if costs else "")
+        + (f"\nratios: {ratios}" if ratios else "")
+    )
 
 
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:

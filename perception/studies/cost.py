@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from perception.benchmark.cost import gflops, param_count
 from perception.benchmark.speed import timed
 
 # Which head serves which task of a single-task network.
@@ -46,22 +46,6 @@ class TaskNetwork(nn.Module):
         """``[B, 3, H, W]`` in ``[0, 1]`` -> the head's raw output(s)."""
         dense, det_maps = self.neck(self.backbone((images - self.mean) / self.std))
         return self.head(det_maps) if self.task == "det" else self.head(dense)
-
-
-def param_count(model: nn.Module) -> int:
-    """Parameters (shared modules counted once)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-@torch.no_grad()
-def gflops(model: nn.Module, image_size: Sequence[int]) -> float:
-    """GFLOPs of one forward pass on one ``[1, 3, H, W]`` image, in eval mode."""
-    model.eval()
-    images = torch.rand(1, 3, *image_size, device=next(model.parameters()).device)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(images)
-    return counter.get_total_flops() / 1e9
 
 
 def latencies_ms(models: Mapping[str, nn.Module], image_size: Sequence[int]) -> dict[str, float]:
