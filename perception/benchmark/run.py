@@ -3,7 +3,8 @@
 Rows, all at the weights' input size unless ``size`` is given:
 
 - ``torch eager fp32`` (and fp16/bf16 on GPU) at batch 1 (latency) and ``batch``
-  (throughput);
+  (throughput), BatchNorm folded and channels-last as the ``Predictor`` runs it;
+- with ``peer``, another network timed the same way, as its factory builds it;
 - ``onnxruntime fp32``, ``fp16`` and ``int8`` (static QDQ, calibrated on ``calib``)
   exports of the same weights, CPU only;
 - with ``train_steps``: training throughput model-only in fp32, fp32 channels_last and
@@ -33,6 +34,7 @@ from perception.benchmark.peer import build_peer, check_runs
 from perception.benchmark.speed import Row, onnx_inference, torch_inference, training_throughput
 from perception.checkpoints import load_model
 from perception.errors import PerceptionError
+from perception.models.fold import fold_batchnorm
 from perception.training.precision import cpu_has_native_bf16
 
 ACCURACY_KEYS = ("det/mAP50", "det/mAP50_95", "lane/iou", "drivable/miou", "depth/abs_rel")
@@ -67,7 +69,8 @@ def run_bench(
     rows: list[Row] = []
     for precision in ("fp32", "fp16", "bf16") if dev.type == "cuda" else ("fp32",):
         for b in sorted({1, batch}):
-            model = copy.deepcopy(loaded.model)  # each row casts/moves its own copy
+            # each row casts/moves its own copy, BatchNorm folded as the Predictor runs it
+            model, _ = fold_batchnorm(copy.deepcopy(loaded.model), size)
             rows.append(torch_inference(model, size, b, dev, precision, iters=iters))
     costs = {"ours": _cost(loaded.model, size)}
     if peer is not None:
