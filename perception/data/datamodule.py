@@ -94,6 +94,7 @@ class PerceptionDataModule(L.LightningDataModule):
         )
         self.train_set: ConcatDataset | None = None
         self._resume: tuple[int, int] | None = None  # (epoch, batches used) from a checkpoint
+        self._seed = 0  # of the training order (TrainOrder)
         self.val_set: ConcatDataset | None = None
         self.val_names: list[str] = []  # one per validation dataset, for per-dataset metrics
 
@@ -141,8 +142,9 @@ class PerceptionDataModule(L.LightningDataModule):
         if self.hparams.train_weights is not None:
             lengths = [len(d) for d in self.train_set.datasets]
             weights = mixing_weights(lengths, list(self.hparams.train_weights))
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
-        order = TrainOrder(len(self.train_set), seed, weights)
+        if self._resume is None:
+            self._seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
+        order = TrainOrder(len(self.train_set), self._seed, weights)
         if self._resume is not None:
             epoch, batches = self._resume
             batches_per_epoch = math.ceil(order.num_samples / self.hparams.batch_size)
@@ -154,16 +156,18 @@ class PerceptionDataModule(L.LightningDataModule):
         return self._loader(SeededDraws(self.train_set), False, order, ResumableLoader)
 
     def state_dict(self) -> dict[str, int]:
-        """Where training is in the data: the epoch and the batches of it already used
-        (saved in every checkpoint; ``load_state_dict`` resumes there)."""
+        """Where training is in the data: the order's seed, the epoch and the batches of
+        it already used (saved in every checkpoint; ``load_state_dict`` resumes there).
+        The seed is kept because ``seed_everything: true`` draws a new one every run."""
         trainer = self.trainer
         if trainer is None:
             return {}
         used = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        return {"epoch": int(trainer.current_epoch), "batches": int(used)}
+        return {"seed": self._seed, "epoch": int(trainer.current_epoch), "batches": int(used)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state:
+            self._seed = int(state["seed"])
             self._resume = (int(state["epoch"]), int(state["batches"]))
 
     def val_dataloader(self) -> DataLoader | list:
