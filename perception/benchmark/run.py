@@ -66,22 +66,14 @@ def run_bench(
     loaded.model.check_image_size(size)
     if train_steps and data is None:
         raise PerceptionError("bench: --train-steps needs --data (a v1 training dataset)")
-    rows: list[Row] = []
-    for precision in ("fp32", "fp16", "bf16") if dev.type == "cuda" else ("fp32",):
-        for b in sorted({1, batch}):
-            # each row casts/moves its own copy, BatchNorm folded as the Predictor runs it
-            model, _ = fold_batchnorm(copy.deepcopy(loaded.model), size)
-            rows.append(torch_inference(model, size, b, dev, precision, iters=iters))
+    folded, _ = fold_batchnorm(loaded.model, size)  # as the Predictor runs it
+    rows = _torch_rows(folded, size, batch, dev, iters)
     costs = {"ours": _cost(loaded.model, size)}
     if peer is not None:
         name, net = build_peer(peer)
         check_runs(peer, net, size)
         costs[f"peer {name}"] = _cost(net, size)
-        for precision in ("fp32", "fp16", "bf16") if dev.type == "cuda" else ("fp32",):
-            for b in sorted({1, batch}):
-                row = torch_inference(copy.deepcopy(net), size, b, dev, precision, iters=iters)
-                row.variant = f"peer {name} {row.variant}"
-                rows.append(row)
+        rows += _torch_rows(net, size, batch, dev, iters, prefix=f"peer {name} ")
     if data is not None:
         _score(rows[0], weights, data, eval_images, str(dev))
     if onnx:
@@ -102,6 +94,20 @@ def run_bench(
         "rows": [asdict(r) for r in rows],
         "ratios": _ratios(rows),
     }
+
+
+def _torch_rows(
+    model: torch.nn.Module, size, batch: int, dev: torch.device, iters: int, prefix: str = ""
+) -> list[Row]:
+    """Eager rows at batch 1 and ``batch`` (and fp16/bf16 on a GPU), each timed on its own
+    copy of ``model`` (rows cast and move it)."""
+    rows = []
+    for precision in ("fp32", "fp16", "bf16") if dev.type == "cuda" else ("fp32",):
+        for b in sorted({1, batch}):
+            row = torch_inference(copy.deepcopy(model), size, b, dev, precision, iters=iters)
+            row.variant = prefix + row.variant
+            rows.append(row)
+    return rows
 
 
 def _cost(model: torch.nn.Module, size: tuple[int, int]) -> dict[str, float]:

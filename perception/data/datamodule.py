@@ -153,7 +153,7 @@ class PerceptionDataModule(L.LightningDataModule):
             order.set_epoch(epoch)
             order.skip = batches * self.hparams.batch_size
             self._resume = None
-        return self._loader(SeededDraws(self.train_set), False, order, ResumableLoader)
+        return self._loader(SeededDraws(self.train_set), order, ResumableLoader)
 
     def state_dict(self) -> dict[str, int]:
         """Where training is in the data: the order's seed, the epoch and the batches of
@@ -175,17 +175,15 @@ class PerceptionDataModule(L.LightningDataModule):
         self.setup("validate")
         if self.val_set is None:
             return []
-        loaders = [self._loader(d, False, shard_sampler(d)) for d in self.val_set.datasets]
+        loaders = [self._loader(d, shard_sampler(d)) for d in self.val_set.datasets]
         return loaders[0] if len(loaders) == 1 else loaders
 
-    def _loader(
-        self, dataset: Dataset, shuffle: bool, sampler: object, cls: type = DataLoader
-    ) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: object, cls: type = DataLoader) -> DataLoader:
+        """A loader of the datamodule's settings; the order is the ``sampler``'s."""
         hp = self.hparams
         return cls(
             dataset,
             batch_size=hp.batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             num_workers=hp.num_workers,
             collate_fn=partial(collate, image_size=self.image_size),

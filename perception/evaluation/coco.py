@@ -81,9 +81,12 @@ def image_record(
 class DetectionEvaluator:
     """The COCO detection keys over a split, fed batch by batch.
 
-    Boxes are in network pixels; ``scales`` (per image, network pixels per source pixel)
-    converts areas to source pixels for the area ranges. Ignore regions passed to
-    ``update`` act as crowds of every class (module docstring).
+    ``det/recall`` is the class-mean recall at IoU 0.5 of all scored detections (COCO's
+    ``recall[0]``); METRICS.md defines it for predictions made with ``conf = EVAL_CONF``
+    (0.001) and NMS IoU ``EVAL_IOU`` (0.6), so the caller decodes with those settings
+    (``MetricsSuite`` does). Boxes are in network pixels; ``scales`` (per image, network
+    pixels per source pixel) converts areas to source pixels for the area ranges. Ignore
+    regions passed to ``update`` act as crowds of every class (module docstring).
     """
 
     def __init__(self, max_dets: int = COCO_MAX_DETS) -> None:

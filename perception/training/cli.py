@@ -14,6 +14,7 @@ import difflib
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -42,10 +43,12 @@ class PerceptionCLI(LightningCLI):
         except argparse.ArgumentError as err:
             raise PerceptionError(config_error(parser, str(err))) from None
         finally:
-            sys.argv = _TYPED[-1] if _TYPED else sys.argv
+            if self.typed_argv is not None:
+                sys.argv = self.typed_argv
 
-
-_TYPED: list[list[str]] = []  # the command line run_train was started from
+    def __init__(self, *args: Any, typed_argv: list[str] | None = None, **kwargs: Any) -> None:
+        self.typed_argv = typed_argv  # set before super().__init__, which parses
+        super().__init__(*args, **kwargs)
 
 
 def config_error(parser, message: str) -> str:
@@ -133,7 +136,6 @@ def run_train(argv: Sequence[str]) -> None:
     so the arguments go through ``sys.argv`` for the duration of the call.
     """
     saved = sys.argv
-    _TYPED.append(saved)
     sys.argv = ["perception train", "fit", *argv]
     try:
         PerceptionCLI(
@@ -142,7 +144,7 @@ def run_train(argv: Sequence[str]) -> None:
             trainer_defaults=trainer_defaults(),
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"exit_on_error": False, "allow_abbrev": False},  # one-line errors
+            typed_argv=saved,
         )
     finally:
         sys.argv = saved
-        _TYPED.pop()

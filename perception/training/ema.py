@@ -8,7 +8,7 @@ Why not Lightning's ``EMAWeightAveraging``: its decay is fixed from the first st
 short run (a CPU fine-tune, a study's few hundred steps) the average is still mostly the
 random initialisation (``tests/test_ema.py`` measures it); and this EMA is a submodule,
 saved in every checkpoint as ``ema.module.*``, which ``load_model`` and ``init_weights``
-read. It updates once per optimizer step (``PerceptionModule.on_train_batch_end``).
+read. It updates once per optimizer step (``PerceptionModule.optimizer_step``).
 """
 
 from __future__ import annotations

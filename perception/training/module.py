@@ -185,8 +185,12 @@ class PerceptionModule(L.LightningModule):
         return batch.images.float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.trainer is not None and self.trainer.datamodule is not None:
-            self.check_labels(self.trainer.datamodule.labeled_counts())
+        datamodule = self.trainer.datamodule if self.trainer is not None else None
+        if stage == "fit" and datamodule is not None:
+            self.check_labels(datamodule.labeled_counts())
+        # each validation image's index in its dataset, for the keys of ``_split_keys``
+        datasets = getattr(getattr(datamodule, "val_set", None), "datasets", [])
+        self._val_index = [{s: i for i, s in enumerate(getattr(d, "ids", []))} for d in datasets]
 
     def check_labels(self, counts: dict[str, int]) -> None:
         """Refuse to train a head that no training sample has labels for, unless the
@@ -302,8 +306,6 @@ class PerceptionModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         # on every process: under DDP, reading it is a collective (a broadcast from rank 0)
         self._log_dir = self.trainer.log_dir
-        datasets = getattr(getattr(self.trainer.datamodule, "val_set", None), "datasets", [])
-        self._val_index = [{s: i for i, s in enumerate(getattr(d, "ids", []))} for d in datasets]
         self.metrics.reset()
         self._val_loss = torch.zeros(2, device=self.device)  # sum of loss x images, images
         # several validation datasets (a BDD100K split and a KITTI split, say): each is also
