@@ -11,11 +11,14 @@ checkpoint, which is what ``load_model`` and ``init_weights`` read.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
+from perception.errors import PerceptionError
 from perception.training.ema import ModelEMA
+from perception.training.module import PerceptionModule
 
 DECAY = 0.9995  # the release recipe's
 STEPS = 300
@@ -66,3 +69,13 @@ def test_ramped_ema_reaches_the_configured_decay_on_long_runs() -> None:
         blended = DECAY * (1 - torch.exp(torch.tensor(-20_001 / 2000.0))) * old
         expected = blended + (1 - DECAY * (1 - torch.exp(torch.tensor(-20_001 / 2000.0)))) * new
         torch.testing.assert_close(avg, expected.detach())
+
+
+def test_the_ramp_is_a_training_setting() -> None:
+    """``model.ema_ramp`` reaches the EMA: a 1000-step run with the default 2000-step ramp
+    ends at an effective decay of 0.39, an average of the last ~2 steps."""
+    net = {"backbone": "resnet18", "neck_width": 16, "head_width": 16}
+    module = PerceptionModule(net=net, image_size=(64, 96), ema_decay=0.99, ema_ramp=200)
+    assert module.ema.ramp == 200 and module.hparams.ema_ramp == 200
+    with pytest.raises(PerceptionError, match="ema_ramp must be >= 1"):
+        PerceptionModule(net=net, image_size=(64, 96), ema_ramp=0)

@@ -126,16 +126,7 @@ class DepthLoss(nn.Module):
             pred = pred + torch.where(has_depth, scale, 1.0).log()[:, None, None]
         mask = (depth > 0) & valid & has_depth[:, None, None]  # [B, H, W]
         gt_log = torch.where(mask, depth, 1.0).float().log()
-        return self.log_error(pred - gt_log, mask)
-
-    def log_error(self, diff: torch.Tensor, mask: torch.Tensor) -> TaskLoss:
-        """The loss of a log-depth error ``diff`` ``[B, H, W]`` over ``mask`` ``[B, H, W]``.
-
-        ``forward`` calls it with ``log(pred) - log(gt)``; pseudo-labels
-        (``training.pseudo``) with ``student - teacher`` log depth, so a pseudo-labeled
-        image is scored by exactly the loss a labeled one is.
-        """
-        diff = torch.where(mask, diff, 0.0)  # [B, H, W], 0 where invalid
+        diff = torch.where(mask, pred - gt_log, 0.0)  # [B, H, W], 0 where invalid
         silog = self.loss == "silog"
         regression = self._silog(diff, mask) if silog else self._pointwise(diff, mask)
         grad = self._gradient(diff[:, None], mask[:, None].float())  # [B, 1, H, W]

@@ -7,7 +7,6 @@ images) and returns the scalar to back-propagate plus unweighted parts for loggi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -150,12 +149,7 @@ class MultiTaskLoss(nn.Module):
         self.depth = depth or DepthLoss()
 
     def forward(
-        self,
-        outputs: HeadOutputs,
-        batch: Batch,
-        points: torch.Tensor,
-        strides: torch.Tensor,
-        pseudo: Mapping[str, TaskLoss] | None = None,
+        self, outputs: HeadOutputs, batch: Batch, points: torch.Tensor, strides: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and parts for one batch.
 
@@ -163,20 +157,12 @@ class MultiTaskLoss(nn.Module):
             outputs: the model's raw outputs for ``batch``.
             batch: targets at network resolution (images are not read).
             points, strides: ``[A, 2]`` / ``[A]`` dense points of the detection head.
-            pseudo: per task, an already weighted loss on pseudo-labels
-                (``training.pseudo``); added to that task's total before combining, so
-                the combiner weighs it as the task, and logged as ``<task>_pseudo_<term>``.
 
         Returns:
             ``(total, parts)``: ``total`` ``[]`` float32 to back-propagate; ``parts`` as in
             the class docstring.
         """
         tasks = self.task_losses(outputs, batch, points, strides)
-        for name, extra in (pseudo or {}).items():
-            task = tasks[name]
-            terms = task.terms | {f"pseudo_{k}": v for k, v in extra.terms.items()}
-            present = task.present | extra.present
-            tasks[name] = TaskLoss(task.total + extra.total, terms, present)
         losses = {name: t.total for name, t in tasks.items()}
         present = {name: t.present for name, t in tasks.items()}
         total, weights = self.combiner(losses, present)

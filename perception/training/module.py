@@ -23,14 +23,12 @@ from perception.errors import PerceptionError
 from perception.evaluation.distributed import gather_suites
 from perception.evaluation.metrics import MetricsSuite
 from perception.losses.multitask import LossConfig, build_combiner, build_loss
-from perception.losses.terms import TaskLoss
 from perception.models import ModelConfig, build_model
 from perception.ops.distributed import all_reduce_sum, world_size
 from perception.structures import TASKS, Batch, HeadOutputs
 from perception.training.ema import ModelEMA
 from perception.training.nonfinite import ACTIONS, describe, nonfinite_grads, nonfinite_terms
 from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
-from perception.training.pseudo import PseudoLabelConfig, pseudo_depth_loss, teacher_depth
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +37,6 @@ T = TypeVar("T")
 # None) gives LightningCLI a nested ``model.net.*`` group that arguments can link to.
 DEFAULT_NET = ModelConfig()
 DEFAULT_LOSS = LossConfig()
-DEFAULT_PSEUDO = PseudoLabelConfig()
 
 SCORE_KEYS = ("det/mAP50_95", "lane/iou", "drivable/miou", "depth/delta1")
 
@@ -81,8 +78,6 @@ class PerceptionModule(L.LightningModule):
         ema_decay: EMA of the weights used for validation and release (0 = off).
         ema_ramp: steps over which the EMA decay ramps up (``training.ema``): keep it well
             below the run's length, or the EMA stays close to the live weights.
-        pseudo_labels: depth pseudo-labels for the depth-less images of a partially labeled
-            mix, from the EMA (``PseudoLabelConfig``; YAML ``model.pseudo_labels``; off).
         overlay_images: prediction overlays drawn at each validation (0 = off).
         init_weights: a release ``.safetensors`` or ``.ckpt`` to start from (fine-tuning at
             another input size or on other data; ``checkpoints.init_from``). Not a resume:
@@ -112,7 +107,6 @@ class PerceptionModule(L.LightningModule):
         warmup_steps: int = 300,
         ema_decay: float = 0.9995,
         ema_ramp: int = 2000,
-        pseudo_labels: PseudoLabelConfig = DEFAULT_PSEUDO,
         overlay_images: int = 4,
         init_weights: str | None = None,
         untrained_tasks: Sequence[str] = (),
@@ -133,18 +127,13 @@ class PerceptionModule(L.LightningModule):
         net_cfg = _dataclass(net, ModelConfig, "model.net")
         net_cfg = dataclasses.replace(net_cfg, num_classes=len(class_names))
         loss_cfg = _dataclass(loss, LossConfig, "model.loss")
-        pseudo_cfg = _dataclass(pseudo_labels, PseudoLabelConfig, "model.pseudo_labels")
-        if pseudo_cfg.depth_weight > 0 and ema_decay <= 0:
-            raise PerceptionError("model.pseudo_labels needs the EMA teacher (model.ema_decay > 0)")
         if ema_ramp < 1:
             raise PerceptionError(f"model.ema_ramp must be >= 1, got {ema_ramp}")
         class_names = list(class_names)  # plain values in the checkpoint (read by
         net = dataclasses.asdict(net_cfg)  # save_hyperparameters from these locals)
         loss = dataclasses.asdict(loss_cfg)
-        pseudo_labels = dataclasses.asdict(pseudo_cfg)
         self.save_hyperparameters()
         self.net_config = net_cfg
-        self.pseudo = pseudo_cfg
         # channels_last: the layout oneDNN (CPU) and cuDNN (GPU) convolutions run fastest in,
         # for bf16 above all; the images are made channels_last in ``float_images``
         self.model = build_model(net_cfg)
@@ -234,8 +223,7 @@ class PerceptionModule(L.LightningModule):
             return None
         images = self.float_images(batch)
         outputs = self.model(images)
-        pseudo = self.pseudo_losses(images, outputs, batch)
-        total, parts = self.loss(outputs, batch, *self.points(images), pseudo=pseudo)
+        total, parts = self.loss(outputs, batch, *self.points(images))
         self._step_ids = list(batch.ids)
         bad = nonfinite_terms(total, parts)
         if self._any_rank(bool(bad)):
@@ -251,20 +239,6 @@ class PerceptionModule(L.LightningModule):
         self.log_dict(logged, batch_size=len(batch))
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=len(batch))
         return total
-
-    def pseudo_losses(
-        self, images: torch.Tensor, outputs: HeadOutputs, batch: Batch
-    ) -> dict[str, TaskLoss]:
-        """Depth pseudo-label loss on the batch's depth-less images (``training.pseudo``);
-        empty while off, before the ramp starts, or when every image has depth."""
-        weight = self.pseudo.weight(self.global_step)
-        unlabeled = ~batch.has_depth.bool()  # [B]
-        if weight == 0 or self.ema is None or not bool(unlabeled.any()):
-            return {}
-        teacher = teacher_depth(self.ema.module, images[unlabeled])  # [N, 1, H, W]
-        student = outputs.depth_log[unlabeled]
-        loss = pseudo_depth_loss(self.loss.depth, student, teacher, batch.valid[unlabeled], weight)
-        return {"depth": loss}
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         bad = nonfinite_grads(self.model)
