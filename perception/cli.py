@@ -49,9 +49,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from perception.checkpoints import load_model
     from perception.errors import PerceptionError
     from perception.export import export_onnx, format_differences, quantize_int8, verify_onnx
+    from perception.export.quantize import check_int8_setting
 
     if args.int8 and not args.calib:
         raise PerceptionError("--int8 needs --calib DIR (a v1 dataset of calibration images)")
+    if args.int8:  # before anything is written
+        check_int8_setting(args.int8_format, args.int8_ops)
     loaded = load_model(args.weights)
     out = Path(args.out)
     fp32_out = out.with_suffix(".fp32.onnx") if args.int8 else out
@@ -68,7 +71,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"{path}: onnxruntime vs PyTorch (max abs, max rel)")
     print(format_differences(verify_onnx(path, loaded.model, **tol)))
     if args.int8:
-        print(quantize_int8(path, out, args.calib, num_images=args.calib_images))
+        fmt, ops = args.int8_format, args.int8_ops
+        int8 = quantize_int8(path, out, args.calib, args.calib_images, fmt=fmt, ops=ops)
+        print(f"{int8}: INT8 {fmt}, {ops} operators")
     return 0
 
 
@@ -174,6 +179,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         workers=args.workers,
         peer=args.peer,
+        int8=args.int8,
+        frame=args.frame,
     )
     print(format_report(report))
     write_report(report, args.json)
@@ -190,7 +197,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=positive_int, default=20, help="timed calls per row")
     p.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime rows")
     p.add_argument("--calib", default=None, help="v1 dataset for INT8 calibration")
+    p.add_argument(
+        "--int8",
+        type=lambda text: text.split(","),
+        default=["qdq:conv"],
+        help="INT8 settings to time: format:ops (qdq|qoperator : conv|all), comma-separated, "
+        "or all",
+    )
     p.add_argument("--data", default=None, help="v1 dataset: accuracy per runtime (+ training)")
+    p.add_argument(
+        "--frame", type=size, default=(720, 1280), help="camera frame HxW of the Predictor rows"
+    )
     p.add_argument("--eval-images", type=positive_int, default=200, help="images per accuracy row")
     p.add_argument("--train-steps", type=int, default=0, help="timed training steps (0: skip)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads per runtime")
@@ -210,7 +227,17 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, help=".ckpt or .safetensors")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--fp16", action="store_true", help="fp16 internals, fp32 inputs/outputs")
-    p.add_argument("--int8", action="store_true", help="static INT8 (QDQ), needs --calib")
+    p.add_argument("--int8", action="store_true", help="static INT8, needs --calib")
+    p.add_argument(
+        "--int8-format",
+        default="qdq",
+        help="qdq (portable Q/DQ pairs) or qoperator (onnxruntime's fused integer operators)",
+    )
+    p.add_argument(
+        "--int8-ops",
+        default="conv",
+        help="conv (Conv/MatMul/Gemm only) or all (every operator with an INT8 kernel)",
+    )
     p.add_argument("--calib", default=None, help="v1 dataset with calibration images")
     p.add_argument("--calib-images", type=positive_int, default=64, help="INT8 calibration images")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch (and H/W without --nms)")

@@ -25,13 +25,15 @@ def test_bench_times_every_runtime_and_scores_each(
     write_dataset(data, num=6, seed=0, size=TINY_RELEASE_SIZE)  # the release's classes
     out = tmp_path / "bench.json"
     args = ["bench", "--weights", str(weights), "--iters", "2", "--batch", "2", "--data",
-            str(data), "--train-steps", "2", "--workers", "0", "--json", str(out)]  # fmt: skip
+            str(data), "--train-steps", "2", "--workers", "0", "--json", str(out),
+            "--int8", "qdq:conv,qoperator:all", "--frame", "48x80"]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| torch eager fp32 | cpu | 1 |" in printed and "ratios:" in printed
     report = json.loads(out.read_text())
     rows = {(r["variant"], r["batch"]): r for r in report["rows"]}
-    for variant in ("torch eager fp32", "onnxruntime fp32", "onnxruntime fp16", "onnxruntime int8"):
+    int8 = ("onnxruntime int8 qdq:conv", "onnxruntime int8 qoperator:all")
+    for variant in ("torch eager fp32", "onnxruntime fp32", "onnxruntime fp16", *int8):
         for batch in (1, 2):
             row = rows[(variant, batch)]
             assert row["latency_ms"] > 0 and row["images_per_s"] > 0
@@ -47,6 +49,8 @@ def test_bench_times_every_runtime_and_scores_each(
     assert set(report["ratios"]) >= {
         "ort_fp32_vs_torch_fp32",
         "ort_int8_vs_ort_fp32",
+        "ort_int8_qdq_conv_vs_ort_fp32",
+        "ort_int8_qoperator_all_vs_ort_fp32",
         "train_end_to_end_vs_model_only",
         "train_fp32_channels_last_vs_fp32",
     }
@@ -56,7 +60,17 @@ def test_bench_times_every_runtime_and_scores_each(
         rows[("onnxruntime fp32", 1)]["metrics"],
     )
     assert abs(torch_m["depth/abs_rel"] - ort_m["depth/abs_rel"]) < 1e-3
+    settings = ("qdq_conv", "qoperator_all")
+    fastest = max(report["ratios"][f"ort_int8_{s}_vs_ort_fp32"] for s in settings)
+    assert report["ratios"]["ort_int8_vs_ort_fp32"] == fastest
+    capsys.readouterr()
+    assert main([*args[:-4], "--int8", "qlinear:all"]) == 2
+    assert "INT8 format 'qlinear'; valid: qdq, qoperator" in capsys.readouterr().err
     assert report["image_size"] == list(TINY_RELEASE_SIZE)
+    for runtime in ("torch", "onnxruntime"):  # the whole Predictor call on a 48x80 frame
+        assert rows[(f"predictor {runtime} fp32", 1)]["latency_ms"] > 0
+    assert {"predictor_torch_vs_model_only", "predictor_ort_vs_model_only"} <= set(report["ratios"])
+    assert report["ratios"]["predictor_torch_vs_predictor_ort"] > 0
 
 
 def test_bench_refuses_training_without_data(tmp_path: Path) -> None:

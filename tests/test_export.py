@@ -190,11 +190,19 @@ def test_fp16_and_int8_variants_run_close_to_fp32(
     diffs = verify_onnx(path16, model, example_images(SIZE, 1, seed=4), rtol=1e-2, atol=1e-2)
     assert diffs["depth_log"][0] < 1e-2
     write_tiny_dataset(tmp_path / "calib", num=4, size=SIZE)
-    path8 = quantize_int8(fp32_path, tmp_path / "m8.onnx", tmp_path / "calib", num_images=4)
-    meta = read_metadata(path8)
-    assert meta["precision"] == "int8" and meta["class_names"] == CLASSES
-    got = _run(path8, example_images(SIZE, 1, seed=4))
-    assert got["depth_log"].shape == (1, 1, *SIZE) and np.isfinite(got["depth_log"]).all()
+    settings = (("qdq", "conv", "DequantizeLinear"), ("qoperator", "all", "QLinearConv"))
+    for fmt, ops, fused in settings:
+        out = tmp_path / f"m8-{fmt}.onnx"
+        path8 = quantize_int8(fp32_path, out, tmp_path / "calib", num_images=4, fmt=fmt, ops=ops)
+        meta = read_metadata(path8)
+        assert meta["precision"] == "int8" and meta["class_names"] == CLASSES
+        assert (meta["int8_format"], meta["int8_ops"]) == (fmt, ops)  # the export says which
+        assert fused in {n.op_type for n in onnx.load(str(path8)).graph.node}
+        got = _run(path8, example_images(SIZE, 1, seed=4))
+        assert got["depth_log"].shape == (1, 1, *SIZE) and np.isfinite(got["depth_log"]).all()
+    with pytest.raises(PerceptionError, match="INT8 operators 'some'; valid: conv, all"):
+        quantize_int8(fp32_path, tmp_path / "x.onnx", tmp_path / "calib", ops="some")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_export_command_verifies_and_prints_differences(
@@ -214,3 +222,8 @@ def test_export_command_verifies_and_prints_differences(
     assert out.is_file() and "depth_log" in printed and "cls_logits" in printed
     assert main(["export", "--weights", str(weights), "--out", str(out), "--int8"]) == 2
     assert "--calib" in capsys.readouterr().err
+    bad = tmp_path / "bad.onnx"
+    args = ["export", "--weights", str(weights), "--out", str(bad), "--int8", "--calib", "c"]
+    assert main([*args, "--int8-format", "qlinear"]) == 2
+    assert "INT8 format 'qlinear'; valid: qdq, qoperator" in capsys.readouterr().err
+    assert not bad.exists() and not bad.with_suffix(".fp32.onnx").exists()

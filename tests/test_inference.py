@@ -218,6 +218,18 @@ def test_reduced_precision_torch_backend_stays_close(weights: Path, image: np.nd
     np.testing.assert_allclose(low.lane, ref.lane, atol=0.1)
 
 
+def test_another_input_size_runs_in_both_backends(weights: Path, image: np.ndarray) -> None:
+    big = (96, 160)  # not the 64x96 the weights were trained at
+    torch_pred = Predictor(weights, conf=CONF, image_size=big)
+    ort_pred = Predictor(weights, conf=CONF, image_size=big, backend="onnx", threads=1)
+    assert torch_pred.image_size == ort_pred.image_size == big
+    ref, got = torch_pred(image), ort_pred(image)
+    assert ref.depth.shape == image.shape[:2]  # still the frame's pixels
+    _same(got, ref, atol=1e-3)
+    with pytest.raises(PerceptionError, match="multiples of 32"):
+        Predictor(weights, image_size=(100, 160))
+
+
 def test_bad_predictor_arguments(weights: Path, tmp_path: Path) -> None:
     cases = [
         ({"backend": "tensorrt"}, "backend 'tensorrt'"),
@@ -232,6 +244,8 @@ def test_bad_predictor_arguments(weights: Path, tmp_path: Path) -> None:
         Predictor(tmp_path / "nope.safetensors")
     with pytest.raises(PerceptionError, match="onnx backend only"):
         Predictor(tmp_path / "m.onnx", backend="torch")
+    with pytest.raises(PerceptionError, match="runs at its export size"):
+        Predictor(tmp_path / "m.onnx", image_size=(64, 96))
 
 
 def test_public_api_is_importable_from_the_package() -> None:

@@ -5,8 +5,12 @@ Rows, all at the weights' input size unless ``size`` is given:
 - ``torch eager fp32`` (and fp16/bf16 on GPU) at batch 1 (latency) and ``batch``
   (throughput), BatchNorm folded and channels-last as the ``Predictor`` runs it;
 - with ``peer``, another network timed the same way, as its factory builds it;
-- ``onnxruntime fp32``, ``fp16`` and ``int8`` (static QDQ, calibrated on ``calib``)
-  exports of the same weights, CPU only;
+- ``predictor torch fp32`` and ``predictor onnxruntime fp32``: the whole ``Predictor``
+  call on one ``frame``-sized image (letterbox, network, decoding, maps back to the
+  frame), against the model-only rows: what pre- and post-processing cost;
+- ``onnxruntime fp32``, ``fp16`` and ``int8 <format>:<ops>`` (static INT8 calibrated on
+  ``calib``, one row per ``int8`` setting, ``export.quantize``) exports of the same
+  weights, CPU only;
 - with ``train_steps``: training throughput model-only in fp32, fp32 channels_last and
   (on a GPU or a CPU with native bf16) bf16 channels_last, and end-to-end for the setting
   ``perception train`` picks by default, on ``data``.
@@ -22,6 +26,7 @@ import copy
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,9 +36,16 @@ import torch
 from perception.benchmark.cost import gflops, param_count
 from perception.benchmark.machine import describe_machine
 from perception.benchmark.peer import build_peer, check_runs
-from perception.benchmark.speed import Row, onnx_inference, torch_inference, training_throughput
+from perception.benchmark.speed import (
+    Row,
+    onnx_inference,
+    predictor_inference,
+    torch_inference,
+    training_throughput,
+)
 from perception.checkpoints import load_model
 from perception.errors import PerceptionError
+from perception.export.quantize import DEFAULT_INT8, int8_settings
 from perception.models.fold import fold_batchnorm
 from perception.training.precision import cpu_has_native_bf16
 
@@ -55,9 +67,14 @@ def run_bench(
     threads: int | None = None,
     workers: int = 2,
     peer: str | None = None,
+    int8: Sequence[str] = (DEFAULT_INT8,),
+    frame: tuple[int, int] | None = (720, 1280),
 ) -> dict[str, Any]:
     """Run the benchmark (module docstring); returns the JSON-ready report. ``peer``:
-    ``module:function`` building another network, timed beside ours (``benchmark.peer``)."""
+    ``module:function`` building another network, timed beside ours (``benchmark.peer``);
+    ``int8``: ``format:ops`` settings to quantize and time (``export.quantize``);
+    ``frame``: the camera frame ``(H, W)`` of the end-to-end ``Predictor`` rows (None: none)."""
+    settings = int8_settings(int8)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if threads:
         torch.set_num_threads(threads)
@@ -74,16 +91,20 @@ def run_bench(
         check_runs(peer, net, size)
         costs[f"peer {name}"] = _cost(net, size)
         rows += _torch_rows(net, size, batch, dev, iters, prefix=f"peer {name} ")
+    if frame is not None:
+        rows += _predictor_rows(weights, size, frame, dev, onnx, threads, iters)
     if data is not None:
         _score(rows[0], weights, data, eval_images, str(dev))
     if onnx:
         with tempfile.TemporaryDirectory(prefix="perception-bench-") as tmp:
-            rows += _onnx_rows(loaded, Path(tmp), size, batch, iters, calib or data, threads)
+            calib = calib or data
+            onnx_rows, files = _onnx_rows(loaded, Path(tmp), size, batch, iters, calib, threads,
+                                          settings)  # fmt: skip
+            rows += onnx_rows
             if data is not None:
-                for row in rows:
-                    if row.variant.startswith("onnxruntime") and row.batch == 1:
-                        onnx_file = Path(tmp) / f"{row.variant.split()[-1]}.onnx"
-                        _score(row, onnx_file, data, eval_images, "cpu")
+                for row in onnx_rows:
+                    if row.batch == 1:
+                        _score(row, files[row.variant], data, eval_images, "cpu")
     if train_steps:
         rows += _train_rows(loaded, data, size, batch, dev, train_steps, workers)
     return {
@@ -110,25 +131,44 @@ def _torch_rows(
     return rows
 
 
+def _predictor_rows(weights, size, frame, dev, onnx: bool, threads, iters) -> list[Row]:
+    """End-to-end ``Predictor`` rows, torch then (on the CPU) onnxruntime, each alone."""
+    from perception.inference import Predictor
+
+    torch_predictor = Predictor(weights, str(dev), image_size=size)
+    rows = [predictor_inference(torch_predictor, frame, "predictor torch fp32", iters=iters)]
+    rows[0].device = dev.type
+    if onnx:
+        ort_predictor = Predictor(weights, backend="onnx", image_size=size, threads=threads)
+        variant = "predictor onnxruntime fp32"
+        rows.append(predictor_inference(ort_predictor, frame, variant, iters=iters))
+    return rows
+
+
 def _cost(model: torch.nn.Module, size: tuple[int, int]) -> dict[str, float]:
     """Parameters and GFLOPs per image of a CPU copy of ``model``."""
     net = copy.deepcopy(model).float().cpu()
     return {"params": param_count(net), "gflops": gflops(net, size)}
 
 
-def _onnx_rows(loaded, tmp: Path, size, batch, iters, calib, threads) -> list[Row]:
+def _onnx_rows(
+    loaded, tmp: Path, size, batch, iters, calib, threads, int8: list[tuple[str, str]]
+) -> tuple[list[Row], dict[str, Path]]:
+    """The onnxruntime rows, and each row variant's ``.onnx`` file (to score it)."""
     from perception.export import export_onnx, quantize_int8
 
     fp32 = export_onnx(loaded, tmp / "fp32.onnx", dynamic_batch=True, image_size=size)
     fp16 = export_onnx(loaded, tmp / "fp16.onnx", dynamic_batch=True, image_size=size, fp16=True)
-    paths = {"fp32": fp32, "fp16": fp16}
-    if calib is not None:
-        paths["int8"] = quantize_int8(fp32, tmp / "int8.onnx", calib, num_images=64)
+    files = {"onnxruntime fp32": fp32, "onnxruntime fp16": fp16}
+    for fmt, ops in int8 if calib is not None else []:
+        out = tmp / f"int8-{fmt}-{ops}.onnx"
+        quantized = quantize_int8(fp32, out, calib, num_images=64, fmt=fmt, ops=ops)
+        files[f"onnxruntime int8 {fmt}:{ops}"] = quantized
     rows = []
-    for name, path in paths.items():
+    for variant, path in files.items():
         for b in sorted({1, batch}):
-            rows.append(onnx_inference(path, size, b, f"onnxruntime {name}", threads, iters=iters))
-    return rows
+            rows.append(onnx_inference(path, size, b, variant, threads, iters=iters))
+    return rows, files
 
 
 def _score(row: Row, weights, data, limit: int, device: str) -> None:
@@ -182,13 +222,33 @@ def _ratios(rows: list[Row]) -> dict[str, float]:
     out = {}
     pairs = {
         "ort_fp32_vs_torch_fp32": ("onnxruntime fp32", "torch eager fp32"),
-        "ort_int8_vs_ort_fp32": ("onnxruntime int8", "onnxruntime fp32"),
         "ort_fp16_vs_ort_fp32": ("onnxruntime fp16", "onnxruntime fp32"),
     }
     for key, (fast, base) in pairs.items():
         if (fast, 1) in by and (base, 1) in by:
             out[key] = round(by[(base, 1)].latency_ms / by[(fast, 1)].latency_ms, 2)
-    ours = [r for r in rows if r.batch == 1 and not r.variant.startswith(("peer ", "train "))]
+    int8 = [r for r in rows if r.variant.startswith("onnxruntime int8") and r.batch == 1]
+    if int8 and ("onnxruntime fp32", 1) in by:  # each setting, and the fastest one
+        base = by[("onnxruntime fp32", 1)].latency_ms
+        for r in int8:
+            key = "ort_int8_" + r.variant.split()[-1].replace(":", "_") + "_vs_ort_fp32"
+            out[key] = round(base / r.latency_ms, 2)
+        out["ort_int8_vs_ort_fp32"] = round(base / min(r.latency_ms for r in int8), 2)
+    for name, model_only in (("torch", "torch eager fp32"), ("ort", "onnxruntime fp32")):
+        runtime = "torch" if name == "torch" else "onnxruntime"
+        e2e = by.get((f"predictor {runtime} fp32", 1))
+        if e2e is not None and (model_only, 1) in by:
+            out[f"predictor_{name}_vs_model_only"] = round(
+                e2e.latency_ms / by[(model_only, 1)].latency_ms, 2
+            )
+    if ("predictor torch fp32", 1) in by and ("predictor onnxruntime fp32", 1) in by:
+        out["predictor_torch_vs_predictor_ort"] = round(
+            by[("predictor torch fp32", 1)].latency_ms
+            / by[("predictor onnxruntime fp32", 1)].latency_ms,
+            2,
+        )
+    skip = ("peer ", "train ", "predictor ")
+    ours = [r for r in rows if r.batch == 1 and not r.variant.startswith(skip)]
     for peer in (r for r in rows if r.variant.startswith("peer ") and r.batch == 1):
         name = peer.variant.split()[1]
         same = by.get((peer.variant.split(" ", 2)[2], 1))  # ours in the peer's runtime

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from perception.inference import Predictor
 from perception.inference.backends import PRECISIONS
 from perception.models import MultiTaskModel
 
@@ -100,6 +101,17 @@ def onnx_inference(
     feed = graph_feed(session, np.random.default_rng(0).random((batch, 3, *size), np.float32))
     seconds = timed(lambda: session.run(None, feed), warmup, iters)
     return _row(variant, "cpu", batch, seconds)
+
+
+def predictor_inference(
+    predictor: Predictor, frame: tuple[int, int], variant: str, warmup: int = 3, iters: int = 20
+) -> Row:
+    """End-to-end ``Predictor`` call on one ``frame`` ``(H, W)`` RGB uint8 image: letterbox,
+    network, decoding and NMS, and every map brought back to the frame's pixels; what an
+    application waits for, against the model-only rows."""
+    image = np.random.default_rng(0).integers(0, 256, (*frame, 3), dtype=np.uint8)
+    seconds = timed(lambda: predictor(image), warmup, iters)
+    return _row(variant, "cpu", 1, seconds)
 
 
 def training_throughput(

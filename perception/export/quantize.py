@@ -1,4 +1,4 @@
-"""Static INT8 quantization (QDQ) of an fp32 perception export, calibrated on a v1 dataset.
+"""Static INT8 quantization (QDQ or QOperator) of an fp32 export, calibrated on a v1 dataset.
 
 Kept apart from ``onnx.py`` (export and verification) because it needs the dataset reader
 and onnxruntime's quantization tool, which plain exports do not.
@@ -7,7 +7,7 @@ and onnxruntime's quantization tool, which plain exports do not.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -71,20 +71,64 @@ class LetterboxCalibrationReader:
         self._iter = None
 
 
+INT8_FORMATS: tuple[str, ...] = ("qdq", "qoperator")
+INT8_OPS: tuple[str, ...] = ("conv", "all")
+# what "conv" quantizes; "all" is every operator onnxruntime has an INT8 kernel for
+CONV_OPS = ["Conv", "MatMul", "Gemm"]
+DEFAULT_INT8 = "qdq:conv"  # ``format:ops``
+
+
+def int8_settings(texts: Sequence[str]) -> list[tuple[str, str]]:
+    """``["qoperator:all", ...]`` -> ``[("qoperator", "all"), ...]``, each checked;
+    ``"all"`` stands for every format and op set."""
+    if "all" in texts:
+        return [(f, o) for f in INT8_FORMATS for o in INT8_OPS]
+    return [parse_int8_setting(t) for t in texts]
+
+
+def parse_int8_setting(text: str) -> tuple[str, str]:
+    """``"qoperator:all"`` -> ``("qoperator", "all")``, checked (``check_int8_setting``)."""
+    fmt, sep, ops = text.partition(":")
+    if not sep:
+        raise PerceptionError(f"INT8 setting {text!r}: expected format:ops, e.g. {DEFAULT_INT8}")
+    check_int8_setting(fmt, ops)
+    return fmt, ops
+
+
+def check_int8_setting(fmt: str, ops: str) -> None:
+    """One ``PerceptionError`` naming the valid choices for a wrong format or op set."""
+    if fmt not in INT8_FORMATS:
+        raise PerceptionError(f"INT8 format {fmt!r}; valid: {', '.join(INT8_FORMATS)}")
+    if ops not in INT8_OPS:
+        raise PerceptionError(f"INT8 operators {ops!r}; valid: {', '.join(INT8_OPS)}")
+
+
 def quantize_int8(
     fp32_onnx: str | os.PathLike,
     out_path: str | os.PathLike,
     calib_dir: str | os.PathLike,
     num_images: int = 64,
+    *,
+    fmt: str = "qdq",
+    ops: str = "conv",
 ) -> Path:
-    """Static INT8 (QDQ, per-channel weights, MinMax calibration) of an fp32 export.
+    """Static INT8 (u8 activations, s8 per-channel weights, MinMax calibration) of an fp32
+    export.
 
-    Metadata is copied over with ``precision = "int8"``. INT8 is not held to the fp32
-    tolerance; compare it with ``verify_onnx(..., rtol=..., atol=...)`` loosened, or by mAP.
+    ``fmt``: ``qdq`` keeps float operators between QuantizeLinear/DequantizeLinear pairs
+    (portable: TensorRT and other runtimes read it); ``qoperator`` writes onnxruntime's
+    fused integer operators (QLinearConv, ...), which skip the Q/DQ round trips on CPU.
+    ``ops``: ``conv`` quantizes only Conv/MatMul/Gemm; ``all`` also the activations,
+    additions, resizes and concatenations between them, so fewer tensors go back to float.
+    Which pays depends on the CPU and on the network's activation (``perception bench``
+    times each). The choice is written to the metadata (``int8_format``, ``int8_ops``).
+    INT8 is not held to the fp32 tolerance; compare it with ``verify_onnx(..., rtol=...,
+    atol=...)`` loosened, or by mAP.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    check_int8_setting(fmt, ops)
     meta = read_metadata(fp32_onnx)
     if meta.get("precision") != "fp32":
         raise PerceptionError(f"{fp32_onnx}: INT8 needs an fp32 perception export")
@@ -98,13 +142,14 @@ def quantize_int8(
         str(fp32_onnx),
         str(out),
         reader,
-        quant_format=QuantFormat.QDQ,
+        quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
-        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+        op_types_to_quantize=CONV_OPS if ops == "conv" else None,
     )
     proto = onnx.load(str(out))
-    _set_metadata(proto, {**meta, "precision": "int8", "calibration_images": len(reader.records)})
+    extra = {"int8_format": fmt, "int8_ops": ops, "calibration_images": len(reader.records)}
+    _set_metadata(proto, {**meta, "precision": "int8", **extra})
     return _save(proto, out)

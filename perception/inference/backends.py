@@ -54,7 +54,14 @@ class TorchBackend:
 
     max_batch: int | None = None
 
-    def __init__(self, loaded: LoadedModel, device: str = "cpu", precision: str = "fp32"):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: str = "cpu",
+        precision: str = "fp32",
+        image_size: tuple[int, int] | None = None,
+    ):
+        """``image_size``: the network input ``(H, W)``; default the weights' own."""
         if precision not in PRECISIONS:
             raise PerceptionError(f"precision {precision!r}: expected one of {list(PRECISIONS)}")
         try:
@@ -64,7 +71,8 @@ class TorchBackend:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise PerceptionError(f"device {device!r}: CUDA is not available on this machine")
         self.dtype = PRECISIONS[precision]
-        self.image_size: tuple[int, int] = tuple(loaded.meta.image_size)
+        self.image_size: tuple[int, int] = tuple(image_size or loaded.meta.image_size)
+        loaded.model.check_image_size(self.image_size)
         # BatchNorm folded into its convs and channels-last activations: the layout and
         # graph onnxruntime runs, so eager inference is not slower for want of them
         model, _ = fold_batchnorm(loaded.model.float().eval(), self.image_size)

@@ -54,6 +54,11 @@ class Predictor:
             torch weights exports them to a temporary fp32 ONNX file first.
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` weights for the torch backend.
         batch_size: images per forward pass when given a list.
+        image_size: network input ``(H, W)`` for torch weights (multiples of the model's
+            stride), e.g. a larger one for far objects; default the size they were trained
+            at. An ``.onnx`` file runs at the size it was exported at.
+        threads: onnxruntime intra-op threads (default: up to 4 cores); torch uses
+            ``torch.set_num_threads``.
     """
 
     def __init__(
@@ -67,6 +72,8 @@ class Predictor:
         backend: str = "auto",
         precision: str = "fp32",
         batch_size: int = 8,
+        image_size: tuple[int, int] | None = None,
+        threads: int | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise PerceptionError(f"backend {backend!r}: expected one of {list(BACKENDS)}")
@@ -82,22 +89,25 @@ class Predictor:
         is_onnx = path.suffix == ".onnx"
         if backend == "torch" and is_onnx:
             raise PerceptionError(f"{path}: an .onnx file runs on the onnx backend only")
+        if is_onnx and image_size is not None:
+            raise PerceptionError(f"{path}: an .onnx file runs at its export size; re-export")
         if is_onnx or backend == "onnx":
             self.backend: TorchBackend | OnnxBackend = OnnxBackend(
-                path if is_onnx else self._export(path)
+                path if is_onnx else self._export(path, image_size), threads
             )
             if self.backend.graph_nms is not None:
                 check_graph_settings(self.backend.graph_nms, self.nms, str(path))
         else:
-            self.backend = TorchBackend(load_model(path), device, precision)
+            self.backend = TorchBackend(load_model(path), device, precision, image_size)
 
-    def _export(self, weights: Path) -> Path:
+    def _export(self, weights: Path, image_size: tuple[int, int] | None) -> Path:
         """Torch weights -> a temporary fp32 ONNX file with dynamic batch (kept while alive)."""
         from perception.export import export_onnx
 
         loaded = load_model(weights)
         self._tmp = tempfile.TemporaryDirectory(prefix="perception-onnx-")
-        return export_onnx(loaded, Path(self._tmp.name) / "model.onnx", dynamic_batch=True)
+        out = Path(self._tmp.name) / "model.onnx"
+        return export_onnx(loaded, out, dynamic_batch=True, image_size=image_size)
 
     @property
     def class_names(self) -> list[str]:
