@@ -200,7 +200,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--int8",
         type=lambda text: text.split(","),
-        default=["qdq:conv"],
+        default=["qdq:all"],
         help="INT8 settings to time: format:ops (qdq|qoperator : conv|all), comma-separated, "
         "or all",
     )
@@ -235,7 +235,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--int8-ops",
-        default="conv",
+        default="all",
         help="conv (Conv/MatMul/Gemm only) or all (every operator with an INT8 kernel)",
     )
     p.add_argument("--calib", default=None, help="v1 dataset with calibration images")

@@ -197,7 +197,11 @@ def test_fp16_and_int8_variants_run_close_to_fp32(
         meta = read_metadata(path8)
         assert meta["precision"] == "int8" and meta["class_names"] == CLASSES
         assert (meta["int8_format"], meta["int8_ops"]) == (fmt, ops)  # the export says which
-        assert fused in {n.op_type for n in onnx.load(str(path8)).graph.node}
+        graph = onnx.load(str(path8)).graph
+        assert fused in {n.op_type for n in graph.node}
+        producer = {o: n for n in graph.node for o in n.output}
+        for out in graph.output:  # no output is the dequantised result of 256 levels
+            assert producer[out.name].op_type not in {"DequantizeLinear", "QLinearConv"}, out
         got = _run(path8, example_images(SIZE, 1, seed=4))
         assert got["depth_log"].shape == (1, 1, *SIZE) and np.isfinite(got["depth_log"]).all()
     with pytest.raises(PerceptionError, match="INT8 operators 'some'; valid: conv, all"):
@@ -227,3 +231,40 @@ def test_export_command_verifies_and_prints_differences(
     assert main([*args, "--int8-format", "qlinear"]) == 2
     assert "INT8 format 'qlinear'; valid: qdq, qoperator" in capsys.readouterr().err
     assert not bad.exists() and not bad.with_suffix(".fp32.onnx").exists()
+
+
+def test_the_output_tail_stays_fp32() -> None:
+    """Everything from the last convolution of each path to the outputs is left float."""
+    from onnx import TensorProto, helper
+
+    from perception.export.quantize import output_tail
+
+    def node(op: str, inputs: list[str], out: str) -> onnx.NodeProto:
+        return helper.make_node(op, inputs, [out], name=f"{op}_{out}")
+
+    nodes = [
+        node("Conv", ["x", "w1"], "a"),
+        node("Relu", ["a"], "b"),
+        node("Conv", ["b", "w2"], "c"),  # last conv of the box path
+        node("Reshape", ["c", "shape"], "boxes"),
+        node("Conv", ["b", "w3"], "d"),  # last conv of the depth path
+        node("Exp", ["d"], "e"),
+        node("Mul", ["e", "camera"], "depth"),
+    ]
+    outputs = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("boxes", "depth")
+    ]
+    graph = helper.make_graph(nodes, "g", [], outputs)
+    assert sorted(output_tail(graph)) == ["Conv_c", "Conv_d", "Exp_e", "Mul_depth", "Reshape_boxes"]
+
+
+def test_sessions_for_the_predictor_do_not_spin(fp32_path: Path) -> None:
+    from perception.export.onnx import cpu_session
+
+    key = "session.intra_op.allow_spinning"
+    quiet = cpu_session(fp32_path, 1, spin=False).get_session_options()
+    assert quiet.get_session_config_entry(key) == "0"
+    from perception.inference.backends import OnnxBackend
+
+    backend = OnnxBackend(fp32_path, threads=1)
+    assert backend.session.get_session_options().get_session_config_entry(key) == "0"

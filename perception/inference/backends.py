@@ -106,7 +106,8 @@ class OnnxBackend:
         meta = read_metadata(path)
         if "image_size" not in meta or "class_names" not in meta:
             raise PerceptionError(f"{path}: no perception metadata; export it with perception")
-        self.session, self.path = cpu_session(path, threads), path
+        # threads sleep after each run: decoding and resizing follow at once on the CPU
+        self.session, self.path = cpu_session(path, threads, spin=False), path
         self.image_size: tuple[int, int] = tuple(meta["image_size"])
         self.class_names: list[str] = list(meta["class_names"])
         self.model_config: dict[str, Any] = {
