@@ -49,12 +49,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from perception.checkpoints import load_model
     from perception.errors import PerceptionError
     from perception.export import export_onnx, format_differences, quantize_int8, verify_onnx
-    from perception.export.quantize import check_int8_setting
+    from perception.export.quantize import DEFAULT_FORMAT, DEFAULT_OPS, check_int8_setting
 
     if args.int8 and not args.calib:
         raise PerceptionError("--int8 needs --calib DIR (a v1 dataset of calibration images)")
+    fmt, ops = args.int8_format or DEFAULT_FORMAT, args.int8_ops or DEFAULT_OPS
     if args.int8:  # before anything is written
-        check_int8_setting(args.int8_format, args.int8_ops)
+        check_int8_setting(fmt, ops)
     loaded = load_model(args.weights)
     out = Path(args.out)
     fp32_out = out.with_suffix(".fp32.onnx") if args.int8 else out
@@ -71,7 +72,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"{path}: onnxruntime vs PyTorch (max abs, max rel)")
     print(format_differences(verify_onnx(path, loaded.model, **tol)))
     if args.int8:
-        fmt, ops = args.int8_format, args.int8_ops
         int8 = quantize_int8(path, out, args.calib, args.calib_images, fmt=fmt, ops=ops)
         print(f"{int8}: INT8 {fmt}, {ops} operators")
     return 0
@@ -179,7 +179,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         workers=args.workers,
         peer=args.peer,
-        int8=args.int8,
+        **({"int8": args.int8} if args.int8 else {}),  # else run_bench's default
         frame=args.frame,
     )
     print(format_report(report))
@@ -200,9 +200,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--int8",
         type=lambda text: text.split(","),
-        default=["qdq:all"],
+        default=None,
         help="INT8 settings to time: format:ops (qdq|qoperator : conv|all), comma-separated, "
-        "or all",
+        "or all (default: the export's, qdq:all)",
     )
     p.add_argument("--data", default=None, help="v1 dataset: accuracy per runtime (+ training)")
     p.add_argument(
@@ -230,13 +230,15 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", action="store_true", help="static INT8, needs --calib")
     p.add_argument(
         "--int8-format",
-        default="qdq",
-        help="qdq (portable Q/DQ pairs) or qoperator (onnxruntime's fused integer operators)",
+        default=None,
+        help="qdq (portable Q/DQ pairs; the default) or qoperator (onnxruntime's fused "
+        "integer operators)",
     )
     p.add_argument(
         "--int8-ops",
-        default="all",
-        help="conv (Conv/MatMul/Gemm only) or all (every operator with an INT8 kernel)",
+        default=None,
+        help="all (every operator with an INT8 kernel; the default) or conv (Conv/MatMul/"
+        "Gemm only)",
     )
     p.add_argument("--calib", default=None, help="v1 dataset with calibration images")
     p.add_argument("--calib-images", type=positive_int, default=64, help="INT8 calibration images")

@@ -136,8 +136,8 @@ def _predictor_rows(weights, size, frame, dev, onnx: bool, threads, iters) -> li
     from perception.inference import Predictor
 
     torch_predictor = Predictor(weights, str(dev), image_size=size)
-    rows = [predictor_inference(torch_predictor, frame, "predictor torch fp32", iters=iters)]
-    rows[0].device = dev.type
+    variant = "predictor torch fp32"
+    rows = [predictor_inference(torch_predictor, frame, variant, dev.type, iters=iters)]
     if onnx:
         ort_predictor = Predictor(weights, backend="onnx", image_size=size, threads=threads)
         variant = "predictor onnxruntime fp32"
@@ -234,19 +234,14 @@ def _ratios(rows: list[Row]) -> dict[str, float]:
             key = "ort_int8_" + r.variant.split()[-1].replace(":", "_") + "_vs_ort_fp32"
             out[key] = round(base / r.latency_ms, 2)
         out["ort_int8_vs_ort_fp32"] = round(base / min(r.latency_ms for r in int8), 2)
-    for name, model_only in (("torch", "torch eager fp32"), ("ort", "onnxruntime fp32")):
-        runtime = "torch" if name == "torch" else "onnxruntime"
-        e2e = by.get((f"predictor {runtime} fp32", 1))
-        if e2e is not None and (model_only, 1) in by:
-            out[f"predictor_{name}_vs_model_only"] = round(
-                e2e.latency_ms / by[(model_only, 1)].latency_ms, 2
-            )
-    if ("predictor torch fp32", 1) in by and ("predictor onnxruntime fp32", 1) in by:
-        out["predictor_torch_vs_predictor_ort"] = round(
-            by[("predictor torch fp32", 1)].latency_ms
-            / by[("predictor onnxruntime fp32", 1)].latency_ms,
-            2,
-        )
+    slow_vs_fast = {  # latency of the first over the second: how much slower
+        "predictor_torch_vs_model_only": ("predictor torch fp32", "torch eager fp32"),
+        "predictor_ort_vs_model_only": ("predictor onnxruntime fp32", "onnxruntime fp32"),
+        "predictor_torch_vs_predictor_ort": ("predictor torch fp32", "predictor onnxruntime fp32"),
+    }
+    for key, (slow, fast) in slow_vs_fast.items():
+        if (slow, 1) in by and (fast, 1) in by:
+            out[key] = round(by[(slow, 1)].latency_ms / by[(fast, 1)].latency_ms, 2)
     skip = ("peer ", "train ", "predictor ")
     ours = [r for r in rows if r.batch == 1 and not r.variant.startswith(skip)]
     for peer in (r for r in rows if r.variant.startswith("peer ") and r.batch == 1):

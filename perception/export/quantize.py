@@ -76,9 +76,10 @@ INT8_FORMATS: tuple[str, ...] = ("qdq", "qoperator")
 INT8_OPS: tuple[str, ...] = ("conv", "all")
 # what "conv" quantizes; "all" is every operator onnxruntime has an INT8 kernel for
 CONV_OPS = ["Conv", "MatMul", "Gemm"]
-# ``format:ops``: the fastest within the accuracy budget on the CPU measured
-# (docs/benchmarks.md), and portable: TensorRT reads Q/DQ pairs
-DEFAULT_INT8 = "qdq:all"
+# the fastest within the accuracy budget on the CPU measured (docs/benchmarks.md), and
+# portable: TensorRT reads Q/DQ pairs
+DEFAULT_FORMAT, DEFAULT_OPS = "qdq", "all"
+DEFAULT_INT8 = f"{DEFAULT_FORMAT}:{DEFAULT_OPS}"  # ``format:ops``
 
 
 def int8_settings(texts: Sequence[str]) -> list[tuple[str, str]]:
@@ -128,8 +129,8 @@ def quantize_int8(
     calib_dir: str | os.PathLike,
     num_images: int = 64,
     *,
-    fmt: str = "qdq",
-    ops: str = "all",
+    fmt: str = DEFAULT_FORMAT,
+    ops: str = DEFAULT_OPS,
 ) -> Path:
     """Static INT8 (u8 activations, s8 per-channel weights, MinMax calibration) of an fp32
     export.
