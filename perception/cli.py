@@ -36,6 +36,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         limit=args.limit,
+        precision=args.precision,
     )
     print(format_table(metrics))
     if args.json:
@@ -88,6 +89,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         iou=args.iou,
         max_det=args.max_det,
         backend=args.backend,
+        precision=args.precision,
+        compile=args.compile,
     )
     summary = predict_source(
         predictor,
@@ -117,6 +120,18 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conf", type=float, default=0.25, help="detection score threshold")
     p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold")
     p.add_argument("--max-det", type=positive_int, default=300, help="boxes kept per image")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="torch backend precision (bf16: fast on CPUs with AMX or AVX512-BF16, and GPUs)",
+    )
+    p.add_argument(
+        "--compile",
+        choices=("default", "reduce-overhead", "max-autotune"),
+        default=None,
+        help="run the torch backend under torch.compile in this mode (first frames compile)",
+    )
     p.add_argument("--save-raw", action="store_true", help="also write each Prediction as .npz")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_camera_args(p, "the source images")
@@ -163,7 +178,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from perception.benchmark import format_report, run_bench, write_report
+    import shlex
+    import sys
+
+    from perception.benchmark import format_report, run_bench, write_doc_section, write_report
 
     report = run_bench(
         args.weights,
@@ -181,10 +199,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         peer=args.peer,
         **({"int8": args.int8} if args.int8 else {}),  # else run_bench's default
         frame=args.frame,
+        compile=args.compile,
     )
     print(format_report(report))
     write_report(report, args.json)
     print(f"wrote {args.json}")
+    if args.doc:
+        command = shlex.join(["perception", *sys.argv[1:]])
+        doc = write_doc_section(report, args.doc, command)
+        print(f"wrote the {report['device_type']} section of {doc}")
     return 0
 
 
@@ -218,7 +241,20 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         help="another network timed beside ours: module:function (or file.py:function) "
         "returning an nn.Module, e.g. torchvision.models:resnet50",
     )
+    p.add_argument(
+        "--compile",
+        choices=("default", "reduce-overhead", "max-autotune"),
+        default=None,
+        help="also time the torch rows under torch.compile in this mode (reduce-overhead: "
+        "CUDA graphs on a GPU)",
+    )
     p.add_argument("--json", default="runs/bench/bench.json", help="where to write the JSON")
+    p.add_argument(
+        "--doc",
+        default=None,
+        help="also write the table into this Markdown file, in a section marked by the "
+        "device type (replaced on the next run, the rest of the file kept)",
+    )
     p.set_defaults(func=_cmd_bench)
 
 
@@ -269,6 +305,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="data loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     p.add_argument("--limit", type=positive_int, default=None, help="first N samples only")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="torch weights in this precision, as the Predictor runs them (BatchNorm folded)",
+    )
     p.set_defaults(func=_cmd_eval)
 
 

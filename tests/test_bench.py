@@ -46,6 +46,11 @@ def test_bench_times_every_runtime_and_scores_each(
         f"train end-to-end {default}"
     ]
     assert rows[(f"train end-to-end {default}", 2)]["images_per_s"] > 0
+    if cpu_has_native_bf16():  # bf16 is timed and scored where the CPU multiplies it
+        assert rows[("torch eager bf16", 1)]["metrics"]["num_images"] == 6
+        assert report["ratios"]["torch_bf16_vs_torch_fp32"] > 0
+        assert report["ratios"]["predictor_torch_bf16_vs_predictor_ort"] > 0
+    assert "targets:\n- INT8 >= 2x onnxruntime fp32: " in printed
     assert set(report["ratios"]) >= {
         "ort_fp32_vs_torch_fp32",
         "ort_int8_vs_ort_fp32",

@@ -230,6 +230,18 @@ def test_another_input_size_runs_in_both_backends(weights: Path, image: np.ndarr
         Predictor(weights, image_size=(100, 160))
 
 
+def test_compiled_predictor_matches_eager(weights: Path, image: np.ndarray) -> None:
+    """``compile=`` runs the same network under torch.compile (inductor on the CPU)."""
+    eager = Predictor(weights, conf=CONF)
+    compiled = Predictor(weights, conf=CONF, compile="default")
+    assert compiled.backend.forward is not compiled.backend.model
+    _same(compiled(image), eager(image), atol=1e-4)
+    with pytest.raises(PerceptionError, match="compile mode 'fast'"):
+        Predictor(weights, compile="fast")
+    with pytest.raises(PerceptionError, match="compile= is for the torch backend"):
+        Predictor(weights, backend="onnx", compile="default")
+
+
 def test_bad_predictor_arguments(weights: Path, tmp_path: Path) -> None:
     cases = [
         ({"backend": "tensorrt"}, "backend 'tensorrt'"),

@@ -51,6 +51,12 @@ def test_predict_image_and_folder_write_overlays_and_raw(
     assert "already exists" in capsys.readouterr().err
     assert (out / "img0.jpg").read_bytes() == before
     assert main([*args, "--source", str(images[0]), "--overwrite", "--backend", "onnx"]) == 0
+    # the torch backend in bf16 (the fast path on CPUs with AMX / AVX512-BF16): close to fp32
+    bf16 = ["predict", "--weights", str(weights), "--out", str(tmp_path / "bf16"),
+            "--source", str(images[0]), "--save-raw", "--precision", "bf16", *camera]  # fmt: skip
+    assert main(bf16) == 0
+    depth = np.load(tmp_path / "bf16" / "img0.npz")["depth"]
+    np.testing.assert_allclose(depth, np.load(out / "img0.npz")["depth"], rtol=0.05)
 
 
 def test_predict_video_writes_an_mp4_of_overlays(weights: Path, tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 
 Rows, all at the weights' input size unless ``size`` is given:
 
-- ``torch eager fp32`` (and fp16/bf16 on GPU) at batch 1 (latency) and ``batch``
-  (throughput), BatchNorm folded and channels-last as the ``Predictor`` runs it;
+- ``torch eager fp32`` (and fp16/bf16 on a GPU, bf16 on a CPU with native bf16) at batch
+  1 (latency) and ``batch`` (throughput), BatchNorm folded and channels-last as the
+  ``Predictor`` runs it; with ``compile``, the same under ``torch.compile`` in that mode
+  (fp16 on a GPU, where ``reduce-overhead`` replays CUDA graphs);
 - with ``peer``, another network timed the same way, as its factory builds it;
 - ``predictor torch fp32`` and ``predictor onnxruntime fp32``: the whole ``Predictor``
   call on one ``frame``-sized image (letterbox, network, decoding, maps back to the
@@ -17,13 +19,12 @@ Rows, all at the weights' input size unless ``size`` is given:
 
 With ``data``, each inference runtime is also scored on the first ``eval_images`` of that
 dataset (``perception eval``'s metrics), so a speed-up is never read without its cost;
-``ratios`` compares the runtimes as BENCHMARKS.md asks (ORT fp32 vs torch, INT8 vs ORT).
+``benchmark.report`` turns the rows into the ratios and targets BENCHMARKS.md asks for.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ import torch
 from perception.benchmark.cost import gflops, param_count
 from perception.benchmark.machine import describe_machine
 from perception.benchmark.peer import build_peer, check_runs
+from perception.benchmark.report import ACCURACY_KEYS, ratios
 from perception.benchmark.speed import (
     Row,
     onnx_inference,
@@ -46,10 +48,9 @@ from perception.benchmark.speed import (
 from perception.checkpoints import load_model
 from perception.errors import PerceptionError
 from perception.export.quantize import DEFAULT_INT8, int8_settings
+from perception.inference.backends import check_compile_mode
 from perception.models.fold import fold_batchnorm
 from perception.training.precision import cpu_has_native_bf16
-
-ACCURACY_KEYS = ("det/mAP50", "det/mAP50_95", "lane/iou", "drivable/miou", "depth/abs_rel")
 
 
 def run_bench(
@@ -69,12 +70,15 @@ def run_bench(
     peer: str | None = None,
     int8: Sequence[str] = (DEFAULT_INT8,),
     frame: tuple[int, int] | None = (720, 1280),
+    compile: str | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark (module docstring); returns the JSON-ready report. ``peer``:
     ``module:function`` building another network, timed beside ours (``benchmark.peer``);
     ``int8``: ``format:ops`` settings to quantize and time (``export.quantize``);
-    ``frame``: the camera frame ``(H, W)`` of the end-to-end ``Predictor`` rows (None: none)."""
+    ``frame``: the camera frame ``(H, W)`` of the end-to-end ``Predictor`` rows (None: none);
+    ``compile``: a ``torch.compile`` mode for extra torch rows (None: eager only)."""
     settings = int8_settings(int8)
+    check_compile_mode(compile)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if threads:
         torch.set_num_threads(threads)
@@ -84,7 +88,7 @@ def run_bench(
     if train_steps and data is None:
         raise PerceptionError("bench: --train-steps needs --data (a v1 training dataset)")
     folded, _ = fold_batchnorm(loaded.model, size)  # as the Predictor runs it
-    rows = _torch_rows(folded, size, batch, dev, iters)
+    rows = _torch_rows(folded, size, batch, dev, iters, compile=compile)
     costs = {"ours": _cost(loaded.model, size)}
     if peer is not None:
         name, net = build_peer(peer)
@@ -93,8 +97,11 @@ def run_bench(
         rows += _torch_rows(net, size, batch, dev, iters, prefix=f"peer {name} ")
     if frame is not None:
         rows += _predictor_rows(weights, size, frame, dev, onnx, threads, iters)
-    if data is not None:
-        _score(rows[0], weights, data, eval_images, str(dev))
+    if data is not None:  # each of our precisions, eager (compiling changes no numbers)
+        for row in rows:
+            if row.batch == 1 and row.variant.startswith("torch eager"):
+                precision = row.variant.split()[-1]
+                _score(row, weights, data, eval_images, str(dev), precision)
     if onnx:
         with tempfile.TemporaryDirectory(prefix="perception-bench-") as tmp:
             calib = calib or data
@@ -110,34 +117,58 @@ def run_bench(
     return {
         "weights": str(weights),
         "image_size": list(size),
+        "device_type": dev.type,
         "machine": describe_machine(dev, threads),
         "cost": costs,
         "rows": [asdict(r) for r in rows],
-        "ratios": _ratios(rows),
+        "ratios": ratios(rows),
     }
 
 
 def _torch_rows(
-    model: torch.nn.Module, size, batch: int, dev: torch.device, iters: int, prefix: str = ""
+    model: torch.nn.Module,
+    size,
+    batch: int,
+    dev: torch.device,
+    iters: int,
+    prefix: str = "",
+    compile: str | None = None,
 ) -> list[Row]:
-    """Eager rows at batch 1 and ``batch`` (and fp16/bf16 on a GPU), each timed on its own
-    copy of ``model`` (rows cast and move it)."""
+    """Rows at batch 1 and ``batch``, eager in every precision this device runs natively,
+    then compiled (``compile``) in the fastest one; each timed on its own copy of ``model``
+    (rows cast and move it)."""
+    precisions = torch_precisions(dev)
+    runs = [(p, None) for p in precisions]
+    if compile is not None:
+        runs.append(("fp16" if dev.type == "cuda" else precisions[-1], compile))
     rows = []
-    for precision in ("fp32", "fp16", "bf16") if dev.type == "cuda" else ("fp32",):
+    for precision, mode in runs:
         for b in sorted({1, batch}):
-            row = torch_inference(copy.deepcopy(model), size, b, dev, precision, iters=iters)
+            net = copy.deepcopy(model)
+            row = torch_inference(net, size, b, dev, precision, iters=iters, compile=mode)
             row.variant = prefix + row.variant
             rows.append(row)
     return rows
 
 
+def torch_precisions(dev: torch.device) -> tuple[str, ...]:
+    """The precisions worth timing: fp16 and bf16 on a GPU, bf16 on a CPU that multiplies
+    it in hardware (AMX, AVX512-BF16); elsewhere bf16 is emulated and only slower."""
+    if dev.type == "cuda":
+        return ("fp32", "fp16", "bf16")
+    return ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",)
+
+
 def _predictor_rows(weights, size, frame, dev, onnx: bool, threads, iters) -> list[Row]:
-    """End-to-end ``Predictor`` rows, torch then (on the CPU) onnxruntime, each alone."""
+    """End-to-end ``Predictor`` rows, torch in each precision worth timing, then (on the
+    CPU) onnxruntime, each alone."""
     from perception.inference import Predictor
 
-    torch_predictor = Predictor(weights, str(dev), image_size=size)
-    variant = "predictor torch fp32"
-    rows = [predictor_inference(torch_predictor, frame, variant, dev.type, iters=iters)]
+    rows = []
+    for precision in torch_precisions(dev):
+        predictor = Predictor(weights, str(dev), image_size=size, precision=precision)
+        variant = f"predictor torch {precision}"
+        rows.append(predictor_inference(predictor, frame, variant, dev.type, iters=iters))
     if onnx:
         ort_predictor = Predictor(weights, backend="onnx", image_size=size, threads=threads)
         variant = "predictor onnxruntime fp32"
@@ -171,10 +202,12 @@ def _onnx_rows(
     return rows, files
 
 
-def _score(row: Row, weights, data, limit: int, device: str) -> None:
+def _score(row: Row, weights, data, limit: int, device: str, precision: str = "fp32") -> None:
     from perception.evaluation.evaluate import evaluate
 
-    metrics = evaluate(weights, data, batch_size=8, workers=0, device=device, limit=limit)
+    metrics = evaluate(
+        weights, data, batch_size=8, workers=0, device=device, limit=limit, precision=precision
+    )
     row.metrics = {k: round(metrics[k], 4) for k in (*ACCURACY_KEYS, "num_images")}
 
 
@@ -214,85 +247,3 @@ def training_settings(dev: torch.device) -> list[tuple[str, bool, bool]]:
     bf16 = cpu_has_native_bf16()
     settings = [("fp32", False, False), ("fp32", True, not bf16)]
     return [*settings, ("bf16", True, True)] if bf16 else settings
-
-
-def _ratios(rows: list[Row]) -> dict[str, float]:
-    """BENCHMARKS.md's CPU ratios at batch 1 (and the training data-pipeline ratio)."""
-    by = {(r.variant, r.batch): r for r in rows}
-    out = {}
-    pairs = {
-        "ort_fp32_vs_torch_fp32": ("onnxruntime fp32", "torch eager fp32"),
-        "ort_fp16_vs_ort_fp32": ("onnxruntime fp16", "onnxruntime fp32"),
-    }
-    for key, (fast, base) in pairs.items():
-        if (fast, 1) in by and (base, 1) in by:
-            out[key] = round(by[(base, 1)].latency_ms / by[(fast, 1)].latency_ms, 2)
-    int8 = [r for r in rows if r.variant.startswith("onnxruntime int8") and r.batch == 1]
-    if int8 and ("onnxruntime fp32", 1) in by:  # each setting, and the fastest one
-        base = by[("onnxruntime fp32", 1)].latency_ms
-        for r in int8:
-            key = "ort_int8_" + r.variant.split()[-1].replace(":", "_") + "_vs_ort_fp32"
-            out[key] = round(base / r.latency_ms, 2)
-        out["ort_int8_vs_ort_fp32"] = round(base / min(r.latency_ms for r in int8), 2)
-    slow_vs_fast = {  # latency of the first over the second: how much slower
-        "predictor_torch_vs_model_only": ("predictor torch fp32", "torch eager fp32"),
-        "predictor_ort_vs_model_only": ("predictor onnxruntime fp32", "onnxruntime fp32"),
-        "predictor_torch_vs_predictor_ort": ("predictor torch fp32", "predictor onnxruntime fp32"),
-    }
-    for key, (slow, fast) in slow_vs_fast.items():
-        if (slow, 1) in by and (fast, 1) in by:
-            out[key] = round(by[(slow, 1)].latency_ms / by[(fast, 1)].latency_ms, 2)
-    skip = ("peer ", "train ", "predictor ")
-    ours = [r for r in rows if r.batch == 1 and not r.variant.startswith(skip)]
-    for peer in (r for r in rows if r.variant.startswith("peer ") and r.batch == 1):
-        name = peer.variant.split()[1]
-        same = by.get((peer.variant.split(" ", 2)[2], 1))  # ours in the peer's runtime
-        if same is not None:
-            out[f"peer_{name}_vs_ours_same_runtime"] = round(peer.latency_ms / same.latency_ms, 2)
-        fastest = min(ours, key=lambda r: r.latency_ms, default=None)
-        if fastest is not None:
-            out[f"peer_{name}_vs_our_fastest"] = round(peer.latency_ms / fastest.latency_ms, 2)
-    train = {r.variant.removeprefix("train "): r.images_per_s for r in rows if "train" in r.variant}
-    for name, speed in train.items():  # end-to-end vs model-only of the same setting
-        only = train.get(name.replace("end-to-end", "model-only"))
-        if name.startswith("end-to-end") and only:
-            out["train_end_to_end_vs_model_only"] = round(speed / only, 2)
-    for fast in ("fp32 channels_last", "bf16 channels_last"):
-        if f"model-only {fast}" in train and "model-only fp32" in train:
-            key = f"train_{fast.replace(' ', '_')}_vs_fp32"
-            out[key] = round(train[f"model-only {fast}"] / train["model-only fp32"], 2)
-    return out
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The report as a Markdown table (pasteable into docs/deploy.md)."""
-    keys = [k for k in ACCURACY_KEYS if any(k in r["metrics"] for r in report["rows"])]
-    head = ["variant", "device", "batch", "latency ms (median)", "p90 ms", "img/s", *keys]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in report["rows"]:
-        acc = [f"{r['metrics'][k]:.3f}" if k in r["metrics"] else "" for k in keys]
-        speed = [f"{r['latency_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['images_per_s']:.1f}"]
-        cells = [r["variant"], r["device"], str(r["batch"]), *speed, *acc]
-        lines.append("| " + " | ".join(cells) + " |")
-    costs = "; ".join(
-        f"{name} {c['params'] / 1e6:.2f} M params, {c['gflops']:.2f} GFLOPs"
-        for name, c in report.get("cost", {}).items()
-    )
-    ratios = ", ".join(f"{k} {v:.2f}x" for k, v in report["ratios"].items())
-    machine = report["machine"]
-    lines.insert(
-        0,
-        f"machine: {machine['device']}, {machine['cpu_count']} logical CPUs"
-        f"{', ' + ' '.join(machine['isa']) if machine.get('isa') else ''}\n",
-    )
-    return (
-        "\n".join(lines)
-        + (f"\n\ncost: {costs}" if costs else "")
-        + (f"\nratios: {ratios}" if ratios else "")
-    )
-
-
-def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")

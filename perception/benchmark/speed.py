@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from perception.inference.backends import PRECISIONS
+from perception.inference.backends import PRECISIONS, check_compile_mode
 from perception.models import MultiTaskModel
 
 if TYPE_CHECKING:
@@ -73,19 +73,27 @@ def torch_inference(
     precision: str = "fp32",
     warmup: int = 3,
     iters: int = 20,
+    compile: str | None = None,
 ) -> Row:
-    """Eager forward pass (raw head outputs), channels-last, weights cast to ``precision``."""
+    """Forward pass (raw head outputs), channels-last, weights cast to ``precision``;
+    eager, or under ``torch.compile`` in mode ``compile`` (compiled in the first warm-up
+    call; ``reduce-overhead`` records CUDA graphs on a GPU, which the next calls replay)."""
+    check_compile_mode(compile)
     dtype = PRECISIONS[precision]
     net = model.to(device, dtype).eval().to(memory_format=torch.channels_last)
+    run = net if compile is None else torch.compile(net, mode=compile)
     images = torch.rand(batch, 3, *size, device=device, dtype=dtype)
     images = images.contiguous(memory_format=torch.channels_last)
 
+    grad_off = torch.inference_mode if compile is None else torch.no_grad  # as Predictor
+
     def step() -> object:
-        with torch.inference_mode():
-            return net(images)
+        with grad_off():
+            return run(images)
 
     seconds = timed(step, warmup, iters, cuda=device.type == "cuda")
-    return _row(f"torch eager {precision}", device.type, batch, seconds)
+    how = "eager" if compile is None else f"compiled {compile}"
+    return _row(f"torch {how} {precision}", device.type, batch, seconds)
 
 
 def onnx_inference(

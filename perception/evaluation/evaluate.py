@@ -19,8 +19,11 @@ from perception.checkpoints import load_model
 from perception.data.collate import collate
 from perception.data.datasets import V1Dataset
 from perception.data.transforms import SampleTransform
+from perception.errors import PerceptionError
 from perception.evaluation.metrics import MetricsSuite
-from perception.inference.backends import OnnxBackend
+from perception.inference.backends import PRECISIONS, OnnxBackend
+from perception.models.fold import fold_batchnorm
+from perception.structures import HeadOutputs
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -35,20 +38,30 @@ def evaluate(
     workers: int = 2,
     device: str | None = None,
     limit: int | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Metrics of ``weights`` (``.safetensors``, ``.ckpt`` or an exported ``.onnx``, whose
-    raw outputs are scored the same way) on the dataset at ``data`` (first ``limit``)."""
+    raw outputs are scored the same way) on the dataset at ``data`` (first ``limit``).
+
+    ``precision`` ``fp16``/``bf16`` scores torch weights as the ``Predictor`` runs them in
+    that precision (BatchNorm folded, weights and images cast), so a faster precision is
+    never read without its cost; an ``.onnx`` file carries its own precision.
+    """
+    if precision not in PRECISIONS:
+        raise PerceptionError(f"precision {precision!r}: expected one of {list(PRECISIONS)}")
     dev = pick_device(device)
     if Path(weights).suffix == ".onnx":  # the same graph runner as Predictor's
+        if precision != "fp32":
+            raise PerceptionError(f"{weights}: an .onnx file runs in its export's precision")
         backend = OnnxBackend(weights)
         run, image_size, class_names = backend.head_outputs, backend.image_size, backend.class_names
         points, dev = (backend.points, backend.strides), torch.device("cpu")
         config = backend.model_config
     else:
         loaded = load_model(weights, dev)
-        run, image_size = loaded.model, loaded.meta.image_size
+        image_size, config = loaded.meta.image_size, loaded.meta.config
         class_names, points = loaded.meta.class_names, loaded.model.points(image_size, dev)
-        config = loaded.meta.config
+        run = loaded.model if precision == "fp32" else _cast(loaded.model, image_size, precision)
     transform = SampleTransform(image_size, default_hfov=config["default_hfov"])
     dataset = V1Dataset(data, class_names, transform=transform)
     if limit is not None:
@@ -66,6 +79,18 @@ def evaluate(
             continue
         suite.update(run(batch.images.float() / 255.0), batch, *points)
     return suite.compute()
+
+
+def _cast(model: torch.nn.Module, image_size, precision: str):
+    """``model`` folded and cast to ``precision``, as a float32-in, float32-out callable."""
+    dtype = PRECISIONS[precision]
+    folded, _ = fold_batchnorm(model.float().eval(), tuple(image_size))
+    folded = folded.to(dtype)
+
+    def run(images: torch.Tensor) -> HeadOutputs:
+        return HeadOutputs(*(t.float() for t in folded(images.to(dtype))))
+
+    return run
 
 
 def format_table(metrics: dict[str, float]) -> str:

@@ -5,7 +5,8 @@ each image's camera ``[B, 4]`` in network pixels, and return the same ``Raw`` tr
 network pixels (depth already in metres for that camera), so ``Predictor`` un-letterboxes
 them in one place whichever runs:
 
-- ``TorchBackend``: the eager model on CPU/GPU in fp32, fp16 or bf16.
+- ``TorchBackend``: the model on CPU/GPU in fp32, fp16 or bf16, eager or under
+  ``torch.compile`` (``COMPILE_MODES``; ``reduce-overhead`` adds CUDA graphs on a GPU).
 - ``OnnxBackend``: an ``export_onnx`` file under onnxruntime. A raw export is decoded by
   the same ``postprocess_detections`` as torch; an ``--nms`` export decodes in its graph
   with the settings it was exported with.
@@ -30,6 +31,13 @@ from perception.postprocess import depth_metres, postprocess_detections
 from perception.structures import Detections, HeadOutputs
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def check_compile_mode(mode: str | None) -> None:
+    """One named error for a ``torch.compile`` mode that is not in ``COMPILE_MODES``."""
+    if mode is not None and mode not in COMPILE_MODES:
+        raise PerceptionError(f"compile mode {mode!r}: expected one of {list(COMPILE_MODES)}")
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,9 @@ class Raw(NamedTuple):
 
 
 class TorchBackend:
-    """The eager ``MultiTaskModel``; ``precision`` casts the weights (fp16/bf16 on GPU)."""
+    """The ``MultiTaskModel``; ``precision`` casts the weights (fp16/bf16 on a GPU, bf16 on
+    a CPU with AMX or AVX512-BF16); ``compile`` runs it under ``torch.compile`` in that mode
+    (the first call of each batch size compiles, which takes seconds to a minute)."""
 
     max_batch: int | None = None
 
@@ -60,10 +70,12 @@ class TorchBackend:
         device: str = "cpu",
         precision: str = "fp32",
         image_size: tuple[int, int] | None = None,
+        compile: str | None = None,
     ):
         """``image_size``: the network input ``(H, W)``; default the weights' own."""
         if precision not in PRECISIONS:
             raise PerceptionError(f"precision {precision!r}: expected one of {list(PRECISIONS)}")
+        check_compile_mode(compile)
         try:
             self.device = torch.device(device)
         except RuntimeError as err:
@@ -78,6 +90,7 @@ class TorchBackend:
         model, _ = fold_batchnorm(loaded.model.float().eval(), self.image_size)
         model = model.to(self.device, self.dtype).to(memory_format=torch.channels_last)
         self.model = model
+        self.forward = model if compile is None else torch.compile(model, mode=compile)
         self.class_names: list[str] = list(loaded.meta.class_names)
         self.model_config: dict[str, Any] = dict(loaded.meta.config)
         self.points, self.strides = self.model.points(self.image_size, self.device)
@@ -85,7 +98,7 @@ class TorchBackend:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, nms: NMSSettings, camera: torch.Tensor) -> Raw:
         images = images.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
-        out = self.model(images)
+        out = self.forward(images)
         dets = _decode(
             out.cls_logits, out.box_dist, self.points, self.strides, nms, self.image_size
         )

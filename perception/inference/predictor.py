@@ -32,6 +32,7 @@ from perception.inference.backends import (
     OnnxBackend,
     Raw,
     TorchBackend,
+    check_compile_mode,
     check_graph_settings,
 )
 from perception.inference.inputs import is_batch, resolve_cameras, to_images
@@ -59,6 +60,10 @@ class Predictor:
             at. An ``.onnx`` file runs at the size it was exported at.
         threads: onnxruntime intra-op threads (default: up to 4 cores); torch uses
             ``torch.set_num_threads``.
+        compile: run the torch backend under ``torch.compile`` in this mode:
+            ``"default"``, ``"reduce-overhead"`` (CUDA graphs on a GPU) or
+            ``"max-autotune"``; ``None`` (default) runs eager. Each new batch size
+            compiles once on its first call.
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class Predictor:
         batch_size: int = 8,
         image_size: tuple[int, int] | None = None,
         threads: int | None = None,
+        compile: str | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise PerceptionError(f"backend {backend!r}: expected one of {list(BACKENDS)}")
@@ -91,6 +97,9 @@ class Predictor:
             raise PerceptionError(f"{path}: an .onnx file runs on the onnx backend only")
         if is_onnx and image_size is not None:
             raise PerceptionError(f"{path}: an .onnx file runs at its export size; re-export")
+        check_compile_mode(compile)
+        if compile is not None and (is_onnx or backend == "onnx"):
+            raise PerceptionError(f"{path}: compile= is for the torch backend; onnx is compiled")
         if is_onnx or backend == "onnx":
             self.backend: TorchBackend | OnnxBackend = OnnxBackend(
                 path if is_onnx else self._export(path, image_size), threads
@@ -98,7 +107,8 @@ class Predictor:
             if self.backend.graph_nms is not None:
                 check_graph_settings(self.backend.graph_nms, self.nms, str(path))
         else:
-            self.backend = TorchBackend(load_model(path), device, precision, image_size)
+            loaded = load_model(path)
+            self.backend = TorchBackend(loaded, device, precision, image_size, compile)
 
     def _export(self, weights: Path, image_size: tuple[int, int] | None) -> Path:
         """Torch weights -> a temporary fp32 ONNX file with dynamic batch (kept while alive)."""
