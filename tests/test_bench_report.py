@@ -141,3 +141,23 @@ def test_evaluate_scores_torch_weights_in_bf16(tmp_path: Path) -> None:
         evaluate(weights, data, workers=0, device="cpu", precision="int8")
     with pytest.raises(PerceptionError, match="runs in its export's precision"):
         evaluate(tmp_path / "m.onnx", data, workers=0, device="cpu", precision="bf16")
+
+
+def test_evaluate_at_another_size_scores_what_runs_there(tmp_path: Path) -> None:
+    """Torch weights scored at a bench's --size match their ONNX export at that size."""
+    from perception.checkpoints import load_model
+    from perception.evaluation.evaluate import evaluate
+    from perception.export import export_onnx
+
+    weights = write_tiny_release(tmp_path / "tiny.safetensors")
+    data = write_dataset(tmp_path / "d", 3, seed=2, size=TINY_RELEASE_SIZE)
+    big = (96, 160)
+    onnx = export_onnx(load_model(weights), tmp_path / "big.onnx", image_size=big)
+    torch_m = evaluate(weights, data, workers=0, device="cpu", image_size=big)
+    ort_m = evaluate(onnx, data, workers=0, device="cpu")
+    native = evaluate(weights, data, workers=0, device="cpu")
+    for key in ("depth/abs_rel", "lane/iou", "det/mAP50"):
+        assert torch_m[key] == pytest.approx(ort_m[key], abs=1e-3), key
+    assert native["depth/abs_rel"] != pytest.approx(torch_m["depth/abs_rel"], abs=1e-6)
+    with pytest.raises(PerceptionError, match=r"exported at \(96, 160\), not \(64, 96\)"):
+        evaluate(onnx, data, workers=0, device="cpu", image_size=(64, 96))

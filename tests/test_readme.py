@@ -30,7 +30,8 @@ def test_readme_inference_example_runs(
     pred, same = namespace["pred"], namespace["same"]
     assert namespace["overlay"].shape == (*pred.depth.shape, 3)
     assert len(pred) > 0 and len(same) == len(pred)  # torch and onnxruntime agree
-    assert capsys.readouterr().out.count("\n") == 6
+    assert capsys.readouterr().out.count("\n") == 7
+    assert str(namespace["fast"].backend.dtype) == "torch.bfloat16"
     assert namespace["big"].image_size == (384, 640) and namespace["p"].image_size == (288, 480)
     wide, w = namespace["wide"], pred.depth.shape[1]
     assert pred.camera_default and not wide.camera_default

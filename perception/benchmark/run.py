@@ -101,7 +101,7 @@ def run_bench(
         for row in rows:
             if row.batch == 1 and row.variant.startswith("torch eager"):
                 precision = row.variant.split()[-1]
-                _score(row, weights, data, eval_images, str(dev), precision)
+                _score(row, weights, data, eval_images, str(dev), precision, size)
     if onnx:
         with tempfile.TemporaryDirectory(prefix="perception-bench-") as tmp:
             calib = calib or data
@@ -202,11 +202,15 @@ def _onnx_rows(
     return rows, files
 
 
-def _score(row: Row, weights, data, limit: int, device: str, precision: str = "fp32") -> None:
+def _score(
+    row: Row, weights, data, limit: int, device: str, precision: str = "fp32", size=None
+) -> None:
+    """``row.metrics``: ``weights`` scored at network input ``size`` (torch weights; an
+    ``.onnx`` file has its own) in ``precision``, the way the row was timed."""
     from perception.evaluation.evaluate import evaluate
 
     metrics = evaluate(
-        weights, data, batch_size=8, workers=0, device=device, limit=limit, precision=precision
+        weights, data, 8, 0, device, limit=limit, precision=precision, image_size=size
     )
     row.metrics = {k: round(metrics[k], 4) for k in (*ACCURACY_KEYS, "num_images")}
 

@@ -39,6 +39,7 @@ def evaluate(
     device: str | None = None,
     limit: int | None = None,
     precision: str = "fp32",
+    image_size: tuple[int, int] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``weights`` (``.safetensors``, ``.ckpt`` or an exported ``.onnx``, whose
     raw outputs are scored the same way) on the dataset at ``data`` (first ``limit``).
@@ -46,6 +47,8 @@ def evaluate(
     ``precision`` ``fp16``/``bf16`` scores torch weights as the ``Predictor`` runs them in
     that precision (BatchNorm folded, weights and images cast), so a faster precision is
     never read without its cost; an ``.onnx`` file carries its own precision.
+    ``image_size``: the network input ``(H, W)`` for torch weights (default their own),
+    to score them at the size they are timed or deployed at; an ``.onnx`` file has one.
     """
     if precision not in PRECISIONS:
         raise PerceptionError(f"precision {precision!r}: expected one of {list(PRECISIONS)}")
@@ -54,12 +57,17 @@ def evaluate(
         if precision != "fp32":
             raise PerceptionError(f"{weights}: an .onnx file runs in its export's precision")
         backend = OnnxBackend(weights)
+        if image_size is not None and tuple(image_size) != backend.image_size:
+            raise PerceptionError(
+                f"{weights}: exported at {backend.image_size}, not {tuple(image_size)}; re-export"
+            )
         run, image_size, class_names = backend.head_outputs, backend.image_size, backend.class_names
         points, dev = (backend.points, backend.strides), torch.device("cpu")
         config = backend.model_config
     else:
         loaded = load_model(weights, dev)
-        image_size, config = loaded.meta.image_size, loaded.meta.config
+        image_size, config = tuple(image_size or loaded.meta.image_size), loaded.meta.config
+        loaded.model.check_image_size(image_size)
         class_names, points = loaded.meta.class_names, loaded.model.points(image_size, dev)
         run = loaded.model if precision == "fp32" else _cast(loaded.model, image_size, precision)
     transform = SampleTransform(image_size, default_hfov=config["default_hfov"])
