@@ -99,7 +99,9 @@ class Predictor:
             raise PerceptionError(f"{path}: an .onnx file runs at its export size; re-export")
         check_compile_mode(compile)
         if compile is not None and (is_onnx or backend == "onnx"):
-            raise PerceptionError(f"{path}: compile= is for the torch backend; onnx is compiled")
+            raise PerceptionError(
+                f"{path}: compile= is for the torch backend (onnxruntime optimises its own graph)"
+            )
         if is_onnx or backend == "onnx":
             self.backend: TorchBackend | OnnxBackend = OnnxBackend(
                 path if is_onnx else self._export(path, image_size), threads
