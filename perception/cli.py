@@ -14,7 +14,14 @@ from collections.abc import Callable, Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from perception.cli_args import DefaultsFormatter, add_camera_args, positive_int, size
+from perception.cli_args import (
+    DefaultsFormatter,
+    add_camera_args,
+    add_compile_arg,
+    add_precision_arg,
+    positive_int,
+    size,
+)
 from perception.cli_data import add_check_data, add_convert, add_synth
 from perception.cli_studies import add_compare, add_features
 
@@ -120,17 +127,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conf", type=float, default=0.25, help="detection score threshold")
     p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold")
     p.add_argument("--max-det", type=positive_int, default=300, help="boxes kept per image")
-    p.add_argument(
-        "--precision",
-        choices=("fp32", "fp16", "bf16"),
-        default="fp32",
-        help="torch backend precision (bf16: fast on CPUs with AMX or AVX512-BF16, and GPUs)",
+    add_precision_arg(
+        p, "torch backend precision (bf16: fast on CPUs with AMX or AVX512-BF16, and GPUs)"
     )
-    p.add_argument(
-        "--compile",
-        choices=("default", "reduce-overhead", "max-autotune"),
-        default=None,
-        help="run the torch backend under torch.compile in this mode (first frames compile)",
+    add_compile_arg(
+        p, "run the torch backend under torch.compile in this mode (first frames compile)"
     )
     p.add_argument("--save-raw", action="store_true", help="also write each Prediction as .npz")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -241,12 +242,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         help="another network timed beside ours: module:function (or file.py:function) "
         "returning an nn.Module, e.g. torchvision.models:resnet50",
     )
-    p.add_argument(
-        "--compile",
-        choices=("default", "reduce-overhead", "max-autotune"),
-        default=None,
-        help="also time the torch rows under torch.compile in this mode (reduce-overhead: "
-        "CUDA graphs on a GPU)",
+    add_compile_arg(
+        p,
+        "also time the torch rows under torch.compile in this mode (reduce-overhead: CUDA "
+        "graphs on a GPU)",
     )
     p.add_argument("--json", default="runs/bench/bench.json", help="where to write the JSON")
     p.add_argument(
@@ -305,11 +304,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="data loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     p.add_argument("--limit", type=positive_int, default=None, help="first N samples only")
-    p.add_argument(
-        "--precision",
-        choices=("fp32", "fp16", "bf16"),
-        default="fp32",
-        help="torch weights in this precision, as the Predictor runs them (BatchNorm folded)",
+    add_precision_arg(
+        p, "torch weights in this precision, as the Predictor runs them (BatchNorm folded)"
     )
     p.set_defaults(func=_cmd_eval)
 

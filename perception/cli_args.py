@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from perception.structures import COMPILE_MODES, PRECISION_NAMES
+
 
 def size(text: str) -> tuple[int, int]:
     """``HxW`` -> ``(H, W)``."""
@@ -62,6 +64,16 @@ def add_camera_args(p: argparse.ArgumentParser, whose: str) -> None:
         metavar="DEG",
         help=f"or the horizontal field of view of {whose} (default: the weights')",
     )
+
+
+def add_precision_arg(p: argparse.ArgumentParser, help: str) -> None:
+    """``--precision`` of the torch path (fp32 by default)."""
+    p.add_argument("--precision", choices=PRECISION_NAMES, default="fp32", help=help)
+
+
+def add_compile_arg(p: argparse.ArgumentParser, help: str) -> None:
+    """``--compile MODE``: a ``torch.compile`` mode, or none (eager) by default."""
+    p.add_argument("--compile", choices=COMPILE_MODES, default=None, help=help)
 
 
 class DefaultsFormatter(argparse.HelpFormatter):

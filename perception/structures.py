@@ -17,6 +17,10 @@ if TYPE_CHECKING:  # torch is heavy; the renderer and check-data never need it
     import torch
 
 TASKS: tuple[str, ...] = ("det", "lane", "drivable", "depth")
+# The torch path's precisions and ``torch.compile`` modes, named once for the library and
+# the command line (which must not import torch to list them).
+PRECISION_NAMES: tuple[str, ...] = ("fp32", "fp16", "bf16")
+COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from perception.cli_args import positive_int, size
+from perception.structures import COMPILE_MODES
 
 RELEASE = "weights/perception-r18-synth-288x480.safetensors"
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/bench_384x640", help="v1 set (rendered if missing)")
     p.add_argument(
         "--compile",
-        choices=("default", "reduce-overhead", "max-autotune", "none"),
+        choices=(*COMPILE_MODES, "none"),
         default="reduce-overhead",
         help="torch.compile mode of the compiled rows (reduce-overhead: CUDA graphs; none: "
         "eager rows only)",
@@ -71,15 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_suite(args: argparse.Namespace, command: str) -> dict:
     """Render the data if needed, bench, write the JSON and the document section."""
-    import torch
-
     from perception.benchmark.report import format_report, write_doc_section, write_report
     from perception.benchmark.run import run_bench
     from perception.data.synthetic.writer import write_dataset
-    from perception.errors import PerceptionError
+    from perception.inference.backends import resolve_device
 
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        raise PerceptionError(f"device {args.device!r}: CUDA is not available on this machine")
+    resolve_device(args.device)  # before anything is written
     start = time.perf_counter()
     data = Path(args.data)
     if not (data / "dataset.yaml").is_file():

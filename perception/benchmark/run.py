@@ -210,7 +210,7 @@ def _score(
     from perception.evaluation.evaluate import evaluate
 
     metrics = evaluate(
-        weights, data, 8, 0, device, limit=limit, precision=precision, image_size=size
+        weights, data, workers=0, device=device, limit=limit, precision=precision, image_size=size
     )
     row.metrics = {k: round(metrics[k], 4) for k in (*ACCURACY_KEYS, "num_images")}
 

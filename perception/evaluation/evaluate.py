@@ -21,9 +21,7 @@ from perception.data.datasets import V1Dataset
 from perception.data.transforms import SampleTransform
 from perception.errors import PerceptionError
 from perception.evaluation.metrics import MetricsSuite
-from perception.inference.backends import PRECISIONS, OnnxBackend
-from perception.models.fold import fold_batchnorm
-from perception.structures import HeadOutputs
+from perception.inference.backends import OnnxBackend, TorchBackend, check_precision
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -50,8 +48,7 @@ def evaluate(
     ``image_size``: the network input ``(H, W)`` for torch weights (default their own),
     to score them at the size they are timed or deployed at; an ``.onnx`` file has one.
     """
-    if precision not in PRECISIONS:
-        raise PerceptionError(f"precision {precision!r}: expected one of {list(PRECISIONS)}")
+    check_precision(precision)
     dev = pick_device(device)
     if Path(weights).suffix == ".onnx":  # the same graph runner as Predictor's
         if precision != "fp32":
@@ -69,7 +66,10 @@ def evaluate(
         image_size, config = tuple(image_size or loaded.meta.image_size), loaded.meta.config
         loaded.model.check_image_size(image_size)
         class_names, points = loaded.meta.class_names, loaded.model.points(image_size, dev)
-        run = loaded.model if precision == "fp32" else _cast(loaded.model, image_size, precision)
+        if precision != "fp32":  # folded and cast, as the Predictor runs it
+            run = TorchBackend(loaded, str(dev), precision, image_size).head_outputs
+        else:
+            run = loaded.model
     transform = SampleTransform(image_size, default_hfov=config["default_hfov"])
     dataset = V1Dataset(data, class_names, transform=transform)
     if limit is not None:
@@ -87,18 +87,6 @@ def evaluate(
             continue
         suite.update(run(batch.images.float() / 255.0), batch, *points)
     return suite.compute()
-
-
-def _cast(model: torch.nn.Module, image_size, precision: str):
-    """``model`` folded and cast to ``precision``, as a float32-in, float32-out callable."""
-    dtype = PRECISIONS[precision]
-    folded, _ = fold_batchnorm(model.float().eval(), tuple(image_size))
-    folded = folded.to(dtype)
-
-    def run(images: torch.Tensor) -> HeadOutputs:
-        return HeadOutputs(*(t.float() for t in folded(images.to(dtype))))
-
-    return run
 
 
 def format_table(metrics: dict[str, float]) -> str:

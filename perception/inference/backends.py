@@ -28,10 +28,26 @@ from perception.models.fold import fold_batchnorm
 from perception.ops.camera import DEFAULT_HFOV, depth_scale
 from perception.ops.points import dense_points, level_sizes
 from perception.postprocess import depth_metres, postprocess_detections
-from perception.structures import Detections, HeadOutputs
+from perception.structures import COMPILE_MODES, PRECISION_NAMES, Detections, HeadOutputs
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
+
+
+def check_precision(precision: str) -> None:
+    """One named error for a precision that is not in ``PRECISIONS``."""
+    if precision not in PRECISIONS:
+        raise PerceptionError(f"precision {precision!r}: expected one of {list(PRECISIONS)}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``device`` as a ``torch.device``; one named error for a bad name or missing CUDA."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise PerceptionError(f"device {device!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PerceptionError(f"device {device!r}: CUDA is not available on this machine")
+    return dev
 
 
 def check_compile_mode(mode: str | None) -> None:
@@ -73,15 +89,9 @@ class TorchBackend:
         compile: str | None = None,
     ):
         """``image_size``: the network input ``(H, W)``; default the weights' own."""
-        if precision not in PRECISIONS:
-            raise PerceptionError(f"precision {precision!r}: expected one of {list(PRECISIONS)}")
+        check_precision(precision)
         check_compile_mode(compile)
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as err:
-            raise PerceptionError(f"device {device!r}: {err}") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise PerceptionError(f"device {device!r}: CUDA is not available on this machine")
+        self.device = resolve_device(device)
         self.dtype = PRECISIONS[precision]
         self.image_size: tuple[int, int] = tuple(image_size or loaded.meta.image_size)
         loaded.model.check_image_size(self.image_size)
@@ -96,15 +106,21 @@ class TorchBackend:
         self.points, self.strides = self.model.points(self.image_size, self.device)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, nms: NMSSettings, camera: torch.Tensor) -> Raw:
+    def head_outputs(self, images: torch.Tensor) -> HeadOutputs:
+        """``[B, 3, H, W]`` float images -> the raw outputs in float32, on this device (what
+        metrics score: the network exactly as ``__call__`` runs it)."""
         images = images.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
-        out = self.forward(images)
+        return HeadOutputs(*(t.float() for t in self.forward(images)))
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, nms: NMSSettings, camera: torch.Tensor) -> Raw:
+        out = self.head_outputs(images)
         dets = _decode(
             out.cls_logits, out.box_dist, self.points, self.strides, nms, self.image_size
         )
         scale = depth_scale(camera.float(), self.model.canonical_focal)  # [B]
-        depth = depth_metres(out.depth_log.float().cpu(), scale)
-        return Raw(dets, out.seg_logits.float().cpu(), depth)
+        depth = depth_metres(out.depth_log.cpu(), scale)
+        return Raw(dets, out.seg_logits.cpu(), depth)
 
 
 class OnnxBackend:

@@ -32,7 +32,6 @@ from perception.inference.backends import (
     OnnxBackend,
     Raw,
     TorchBackend,
-    check_compile_mode,
     check_graph_settings,
 )
 from perception.inference.inputs import is_batch, resolve_cameras, to_images
@@ -97,7 +96,6 @@ class Predictor:
             raise PerceptionError(f"{path}: an .onnx file runs on the onnx backend only")
         if is_onnx and image_size is not None:
             raise PerceptionError(f"{path}: an .onnx file runs at its export size; re-export")
-        check_compile_mode(compile)
         if compile is not None and (is_onnx or backend == "onnx"):
             raise PerceptionError(
                 f"{path}: compile= is for the torch backend (onnxruntime optimises its own graph)"
@@ -109,8 +107,7 @@ class Predictor:
             if self.backend.graph_nms is not None:
                 check_graph_settings(self.backend.graph_nms, self.nms, str(path))
         else:
-            loaded = load_model(path)
-            self.backend = TorchBackend(loaded, device, precision, image_size, compile)
+            self.backend = TorchBackend(load_model(path), device, precision, image_size, compile)
 
     def _export(self, weights: Path, image_size: tuple[int, int] | None) -> Path:
         """Torch weights -> a temporary fp32 ONNX file with dynamic batch (kept while alive)."""
