@@ -269,3 +269,23 @@ def test_only_the_global_zero_rank_writes_overlays(
     )  # fmt: skip
     trainer.validate(module, data)
     assert bool(list(tmp_path.rglob("overlays/*.jpg"))) == global_zero
+
+
+def test_newest_checkpoints_are_linked_into_a_root_the_logger_never_made(tmp_path: Path):
+    """The CSV logger (and so the checkpoints) may live outside ``default_root_dir``: the
+    links still land there, in a folder made for them."""
+    from types import SimpleNamespace
+
+    from perception.training.run_paths import RunPaths
+
+    ckpt = tmp_path / "logs/version_0/checkpoints/last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights")
+    root = tmp_path / "not/made/yet"
+    trainer = SimpleNamespace(
+        checkpoint_callback=SimpleNamespace(last_model_path=str(ckpt), best_model_path=""),
+        default_root_dir=str(root),
+        loggers=[],
+    )
+    RunPaths().on_fit_end(trainer, None)
+    assert (root / "last.ckpt").read_bytes() == b"weights"

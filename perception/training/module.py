@@ -29,6 +29,7 @@ from perception.structures import TASKS, Batch, HeadOutputs
 from perception.training.ema import ModelEMA
 from perception.training.nonfinite import ACTIONS, describe, nonfinite_grads, nonfinite_terms
 from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
+from perception.training.pseudo import check_threshold, pseudo_label_segmentation
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,11 @@ class PerceptionModule(L.LightningModule):
         ema_decay: EMA of the weights used for validation and release (0 = off).
         ema_ramp: steps over which the EMA decay ramps up (``training.ema``): keep it well
             below the run's length, or the EMA stays close to the live weights.
+        seg_pseudo_labels: lane / drivable pseudo-labels from the EMA for the images of a
+            partially labeled mix that lack them (``training.pseudo``): the confidence a
+            pixel needs, in (0.5, 1); 0 = off. Needs the EMA.
+        seg_pseudo_start: optimizer step from which they are made (the EMA of the first
+            steps is close to the random initialisation).
         overlay_images: prediction overlays drawn at each validation (0 = off).
         init_weights: a release ``.safetensors`` or ``.ckpt`` to start from (fine-tuning at
             another input size or on other data; ``checkpoints.init_from``). Not a resume:
@@ -107,6 +113,8 @@ class PerceptionModule(L.LightningModule):
         warmup_steps: int = 300,
         ema_decay: float = 0.9995,
         ema_ramp: int = 2000,
+        seg_pseudo_labels: float = 0.0,
+        seg_pseudo_start: int = 300,
         overlay_images: int = 4,
         init_weights: str | None = None,
         untrained_tasks: Sequence[str] = (),
@@ -129,6 +137,9 @@ class PerceptionModule(L.LightningModule):
         loss_cfg = _dataclass(loss, LossConfig, "model.loss")
         if ema_ramp < 1:
             raise PerceptionError(f"model.ema_ramp must be >= 1, got {ema_ramp}")
+        check_threshold(seg_pseudo_labels)
+        if seg_pseudo_labels and ema_decay <= 0:
+            raise PerceptionError("model.seg_pseudo_labels needs the EMA (model.ema_decay > 0)")
         class_names = list(class_names)  # plain values in the checkpoint (read by
         net = dataclasses.asdict(net_cfg)  # save_hyperparameters from these locals)
         loss = dataclasses.asdict(loss_cfg)
@@ -222,6 +233,7 @@ class PerceptionModule(L.LightningModule):
         if len(batch) == 0:
             return None
         images = self.float_images(batch)
+        batch = self.pseudo_label(images, batch)
         outputs = self.model(images)
         total, parts = self.loss(outputs, batch, *self.points(images))
         self._step_ids = list(batch.ids)
@@ -239,6 +251,16 @@ class PerceptionModule(L.LightningModule):
         self.log_dict(logged, batch_size=len(batch))
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=len(batch))
         return total
+
+    def pseudo_label(self, images: torch.Tensor, batch: Batch) -> Batch:
+        """``batch`` with the EMA's lane / drivable pseudo-labels on the images that lack
+        them (``training.pseudo``), once ``seg_pseudo_start`` steps have passed; else as is."""
+        threshold = self.hparams.seg_pseudo_labels
+        if not threshold or self.ema is None or self.global_step < self.hparams.seg_pseudo_start:
+            return batch
+        batch, rows = pseudo_label_segmentation(self.ema.module, images, batch, threshold)
+        self.log("train/pseudo_labeled", float(rows), batch_size=len(batch))
+        return batch
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         bad = nonfinite_grads(self.model)

@@ -46,6 +46,7 @@ class RunPaths(L.Callback):
         root = Path(trainer.default_root_dir)
         csv = [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
         made = []
+        root.mkdir(parents=True, exist_ok=True)  # the logger may write elsewhere
         for name, path in (
             ("last.ckpt", getattr(ckpt, "last_model_path", "")),
             ("best.ckpt", getattr(ckpt, "best_model_path", "")),

@@ -1,0 +1,133 @@
+"""Lane / drivable pseudo-labels from the EMA teacher for the images of a partial mix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from perception.data.collate import collate
+from perception.data.datamodule import PerceptionDataModule
+from perception.data.synthetic.scene import CLASSES
+from perception.data.synthetic.writer import write_dataset
+from perception.errors import PerceptionError
+from perception.training.module import PerceptionModule
+from perception.training.pseudo import IGNORE, confident_labels, pseudo_label_segmentation
+
+SIZE = (64, 96)
+NET = {"backbone": "resnet18", "neck_width": 16, "head_width": 16}
+
+
+class FixedTeacher(nn.Module):
+    """Returns the same seg logits for every image, at half the input resolution."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits  # [S, h, w]
+        self.modes: list[bool] = []
+
+    def forward(self, images: torch.Tensor) -> SimpleNamespace:
+        self.modes.append(self.training)
+        return SimpleNamespace(seg_logits=self.logits.expand(len(images), -1, -1, -1))
+
+
+@pytest.fixture(scope="module")
+def partial_sets(tmp_path_factory) -> tuple[Path, Path]:
+    """A boxes-lanes-drivable set and a boxes-depth set of 2 images each."""
+    root = tmp_path_factory.mktemp("seg_pseudo")
+    road = write_dataset(root / "a", num=2, seed=1, size=SIZE, tasks=["det", "lane", "drivable"])
+    depth = write_dataset(root / "b", num=2, seed=2, size=SIZE, tasks=["det", "depth"])
+    return road, depth
+
+
+def _batch(*roots: Path):
+    """One batch holding every sample of ``roots`` in order, unaugmented."""
+    data = PerceptionDataModule([str(r) for r in roots], list(CLASSES), image_size=SIZE,
+                                batch_size=4, num_workers=0, augment=False)  # fmt: skip
+    data.setup("fit")
+    return collate([data.train_set[i] for i in range(len(data.train_set))])
+
+
+def test_only_confident_pixels_become_labels() -> None:
+    prob = torch.tensor([[[0.95, 0.9, 0.5, 0.1, 0.05, 0.97]]])  # [1, 1, 6]
+    valid = torch.tensor([[[True, True, True, True, True, False]]])
+    labels = confident_labels(prob, valid, threshold=0.9)
+    assert labels.dtype == torch.uint8
+    assert labels.tolist() == [[[1, 1, IGNORE, 0, 0, IGNORE]]]  # padding is never a label
+
+
+def test_missing_rows_get_teacher_labels_and_labeled_rows_are_untouched(partial_sets) -> None:
+    batch = _batch(*partial_sets)  # rows 0-1 road labels, rows 2-3 depth only
+    assert batch.has_lane.tolist() == [True, True, False, False]
+    h, w = SIZE
+    lane = torch.full((h // 2, w // 2), -9.0)
+    lane[:, : w // 4] = 9.0  # confident lane on the left half, background on the right
+    drivable = torch.zeros((h // 2, w // 2))  # p = 0.5 everywhere: never confident
+    teacher = FixedTeacher(torch.stack([lane, drivable]))
+    teacher.train()
+    before = (batch.lane.clone(), batch.drivable.clone())
+
+    new, rows = pseudo_label_segmentation(teacher, batch.images.float() / 255, batch, 0.9)
+
+    assert rows == 2
+    assert teacher.modes == [False] and teacher.training  # eval forward, mode restored
+    assert torch.equal(batch.lane, before[0]) and torch.equal(batch.drivable, before[1])
+    assert not batch.has_lane[2:].any()  # the input batch is not modified
+    assert torch.equal(new.lane[:2], batch.lane[:2])  # real labels kept, bit for bit
+    assert torch.equal(new.drivable[:2], batch.drivable[:2])
+    assert new.has_lane.tolist() == [True] * 4 and new.has_drivable.tolist() == [True] * 4
+    valid = batch.valid[2:]
+    left, right = new.lane[2:, :, : w // 2 - 2], new.lane[2:, :, w // 2 + 2 :]
+    assert (left[valid[:, :, : w // 2 - 2]] == 1).all()
+    assert (right[valid[:, :, w // 2 + 2 :]] == 0).all()
+    assert (new.lane[2:][~valid] == IGNORE).all()
+    assert (new.drivable[2:] == IGNORE).all()  # unsure teacher: ignored, not background
+    assert torch.equal(new.depth, batch.depth) and new.has_depth.tolist() == [
+        False,
+        False,
+        True,
+        True,
+    ]
+
+
+def test_a_fully_labeled_batch_is_returned_as_is(partial_sets) -> None:
+    batch = _batch(partial_sets[0])
+    teacher = FixedTeacher(torch.zeros((2, SIZE[0], SIZE[1])))
+    new, rows = pseudo_label_segmentation(teacher, batch.images.float() / 255, batch, 0.9)
+    assert new is batch and rows == 0 and teacher.modes == []
+
+
+def _module(**kwargs) -> PerceptionModule:
+    torch.manual_seed(0)
+    return PerceptionModule(
+        list(CLASSES), SIZE, net=NET, ema_decay=0.9, ema_ramp=1, overlay_images=0, **kwargs
+    )
+
+
+def test_the_training_step_trains_lanes_on_depth_only_images(partial_sets) -> None:
+    """Depth-only images give the lane loss nothing without pseudo-labels, and a lane loss
+    from the teacher's labels with them; before ``seg_pseudo_start`` nothing changes."""
+    batch = _batch(partial_sets[1])  # depth only
+    parts = {}
+    for name, kwargs in {
+        "off": {},
+        "on": {"seg_pseudo_labels": 0.6, "seg_pseudo_start": 0},
+        "later": {"seg_pseudo_labels": 0.6, "seg_pseudo_start": 5},
+    }.items():
+        module = _module(**kwargs)
+        module.log = module.log_dict = lambda *a, **k: None  # no trainer attached
+        images = module.float_images(batch)
+        labeled = module.pseudo_label(images, batch)
+        _, parts[name] = module.loss(module.model(images), labeled, *module.points(images))
+    assert parts["off"]["seg"] == 0 and parts["later"]["seg"] == 0
+    assert parts["on"]["seg"] > 0
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(PerceptionError, match="seg_pseudo_labels must be 0"):
+        _module(seg_pseudo_labels=0.4)
+    with pytest.raises(PerceptionError, match="needs the EMA"):
+        PerceptionModule(list(CLASSES), SIZE, net=NET, ema_decay=0, seg_pseudo_labels=0.9)
