@@ -201,6 +201,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         **({"int8": args.int8} if args.int8 else {}),  # else run_bench's default
         frame=args.frame,
         compile=args.compile,
+        rounds=args.rounds,
     )
     print(format_report(report))
     write_report(report, args.json)
@@ -241,6 +242,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="another network timed beside ours: module:function (or file.py:function) "
         "returning an nn.Module, e.g. torchvision.models:resnet50",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="with --peer: also time ours and the peer eager at batch 1 in this many "
+        "alternating rounds (the median ratio holds on a busy machine)",
     )
     add_compile_arg(
         p,

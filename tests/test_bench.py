@@ -103,7 +103,8 @@ def test_bench_times_a_peer_beside_ours_and_describes_the_machine(
     )
     out = tmp_path / "bench.json"
     args = ["bench", "--weights", str(weights), "--iters", "2", "--batch", "2", "--no-onnx",
-            "--peer", f"{tmp_path / 'mypeer.py'}:net", "--json", str(out)]  # fmt: skip
+            "--peer", f"{tmp_path / 'mypeer.py'}:net", "--rounds", "3",
+            "--json", str(out)]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
@@ -122,6 +123,12 @@ def test_bench_times_a_peer_beside_ours_and_describes_the_machine(
     )
     assert ratio == pytest.approx(expected, abs=0.01)
     assert "peer net 0.00 M params" in printed and "peer_net_vs_our_fastest" in printed
+    rounds = report["peer_rounds"]["net"]["fp32"]  # alternating blocks, one pair per round
+    assert len(rounds["ours_ms"]) == len(rounds["net_ms"]) == 3
+    per_round = [round(p / o, 2) for p, o in zip(rounds["net_ms"], rounds["ours_ms"], strict=True)]
+    assert rounds["peer_over_ours"] == per_round
+    assert report["ratios"]["peer_net_vs_ours_rounds"] == sorted(per_round)[1]  # the median
+    assert "net fp32: net/ours per round" in printed
     machine = report["machine"]
     assert machine["cpu_count"] >= 1 and machine["torch"] == torch.__version__
     assert isinstance(machine["isa"], list) and machine["onnxruntime"]
@@ -143,6 +150,13 @@ def test_bad_peer_specs_are_one_clear_error(spec: str, message: str) -> None:
 
     with pytest.raises(PerceptionError, match=message):
         build_peer(spec)
+
+
+def test_rounds_need_a_peer() -> None:
+    from perception.benchmark import run_bench
+
+    with pytest.raises(PerceptionError, match="needs a peer"):
+        run_bench("any.safetensors", rounds=3)
 
 
 def test_a_peer_that_cannot_take_the_input_is_named() -> None:

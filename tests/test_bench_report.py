@@ -55,6 +55,28 @@ def test_gpu_targets_read_latency_throughput_and_training() -> None:
     assert dict((n, v) for n, v, _ in targets(alone))[name] == "4000 img/s (2.42x)"
 
 
+def test_cpu_targets_against_a_peer_prefer_the_alternating_rounds() -> None:
+    rows = [
+        {**_row("torch eager fp32", 1, 100.0), "device": "cpu"},
+        {**_row("onnxruntime int8 qdq:all", 1, 60.0), "device": "cpu"},
+        {**_row("peer yolop torch eager fp32", 1, 110.0), "device": "cpu"},
+    ]
+    report = {"device_type": "cpu", "rows": rows, "ratios": ratios([Row(**r) for r in rows])}
+    got = {name: (value, met) for name, value, met in targets(report)}
+    assert got["fastest runtime >= 2x yolop eager fp32"] == ("1.83x", False)
+    assert got["torch eager fp32 no slower than yolop's (one block each)"] == (
+        "yolop/ours 1.10",
+        True,
+    )
+    report["ratios"]["peer_yolop_vs_ours_rounds"] = 0.96  # the rounds outvote one block
+    got = {name: (value, met) for name, value, met in targets(report)}
+    assert got["torch eager fp32 no slower than yolop's (median of alternating rounds)"] == (
+        "yolop/ours 0.96",
+        False,
+    )
+    assert not any("one block" in name for name in got)
+
+
 def test_doc_section_is_replaced_and_nothing_else_changes(tmp_path: Path) -> None:
     report = _gpu_report([_row("torch eager fp16", 1, 2.0)])
     doc = tmp_path / "benchmarks.md"

@@ -139,6 +139,7 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
             value = r["train_end_to_end_vs_model_only"]
             out.append(("training end to end >= 70 % of model-only", f"{value:.0%}", value >= 0.7))
         return out
+    out += _peer_targets(r)
     if "ort_int8_vs_ort_fp32" in r:
         value = r["ort_int8_vs_ort_fp32"]
         out.append(("INT8 >= 2x onnxruntime fp32", f"{value:.2f}x", value >= 2))
@@ -148,6 +149,23 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
     if "train_end_to_end_vs_model_only" in r:
         value = r["train_end_to_end_vs_model_only"]
         out.append(("training end to end >= 90 % of model-only", f"{value:.0%}", value >= 0.9))
+    return out
+
+
+def _peer_targets(r: dict[str, float]) -> list[tuple[str, str, bool]]:
+    """CPU targets against each peer: our fastest runtime >= 2x its eager fp32, and our
+    eager fp32 no slower than its own (from the alternating rounds when there were any)."""
+    out = []
+    for key in [k for k in r if k.endswith("_vs_our_fastest")]:
+        name = key.removeprefix("peer_").removesuffix("_vs_our_fastest")
+        fastest = r[key]
+        out.append((f"fastest runtime >= 2x {name} eager fp32", f"{fastest:.2f}x", fastest >= 2))
+        rounds = r.get(f"peer_{name}_vs_ours_rounds")
+        same = rounds if rounds is not None else r.get(f"peer_{name}_vs_ours_same_runtime")
+        if same is not None:
+            how = "median of alternating rounds" if rounds is not None else "one block each"
+            target = f"torch eager fp32 no slower than {name}'s ({how})"
+            out.append((target, f"{name}/ours {same:.2f}", same >= 1))
     return out
 
 
@@ -175,10 +193,18 @@ def format_report(report: dict[str, Any]) -> str:
     goals = [
         f"- {name}: {value} ({'met' if ok else 'NOT met'})" for name, value, ok in targets(report)
     ]
+    rounds = [
+        f"- {name} {precision}: {name}/ours per round "
+        + ", ".join(f"{x:.2f}" for x in r["peer_over_ours"])
+        + f"; median {r['median']:.2f}"
+        for name, by_precision in report.get("peer_rounds", {}).items()
+        for precision, r in by_precision.items()
+    ]
     return (
         "\n".join(lines)
         + (f"\n\ncost: {costs}" if costs else "")
         + (f"\nratios: {ratio_text}" if ratio_text else "")
+        + ("\n\nalternating rounds, eager, batch 1:\n" + "\n".join(rounds) if rounds else "")
         + ("\n\ntargets:\n" + "\n".join(goals) if goals else "")
     )
 

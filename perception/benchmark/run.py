@@ -6,7 +6,9 @@ Rows, all at the weights' input size unless ``size`` is given:
   1 (latency) and ``batch`` (throughput), BatchNorm folded and channels-last as the
   ``Predictor`` runs it; with ``compile``, the same under ``torch.compile`` in that mode
   (fp16 on a GPU, where ``reduce-overhead`` replays CUDA graphs);
-- with ``peer``, another network timed the same way, as its factory builds it;
+- with ``peer``, another network timed the same way, as its factory builds it; with
+  ``rounds`` as well, both eager at batch 1 in that many alternating blocks per precision
+  (``peer_rounds``), for a peer that is close to ours in speed;
 - ``predictor torch fp32`` and ``predictor onnxruntime fp32``: the whole ``Predictor``
   call on one ``frame``-sized image (letterbox, network, decoding, maps back to the
   frame), against the model-only rows: what pre- and post-processing cost;
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import os
+import statistics
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -71,13 +74,17 @@ def run_bench(
     int8: Sequence[str] = (DEFAULT_INT8,),
     frame: tuple[int, int] | None = (720, 1280),
     compile: str | None = None,
+    rounds: int = 0,
 ) -> dict[str, Any]:
     """Run the benchmark (module docstring); returns the JSON-ready report. ``peer``:
     ``module:function`` building another network, timed beside ours (``benchmark.peer``);
     ``int8``: ``format:ops`` settings to quantize and time (``export.quantize``);
     ``frame``: the camera frame ``(H, W)`` of the end-to-end ``Predictor`` rows (None: none);
-    ``compile``: a ``torch.compile`` mode for extra torch rows (None: eager only)."""
+    ``compile``: a ``torch.compile`` mode for extra torch rows (None: eager only);
+    ``rounds``: alternating eager rounds of ours and the peer (``peer_rounds``; 0 = none)."""
     settings = int8_settings(int8)
+    if rounds < 0 or (rounds and peer is None):
+        raise PerceptionError(f"bench: rounds ({rounds}) must be >= 0 and needs a peer")
     check_compile_mode(compile)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if threads:
@@ -90,11 +97,14 @@ def run_bench(
     folded, _ = fold_batchnorm(loaded.model, size)  # as the Predictor runs it
     rows = _torch_rows(folded, size, batch, dev, iters, compile=compile)
     costs = {"ours": _cost(loaded.model, size)}
+    alternating: dict[str, Any] = {}
     if peer is not None:
         name, net = build_peer(peer)
         check_runs(peer, net, size)
         costs[f"peer {name}"] = _cost(net, size)
         rows += _torch_rows(net, size, batch, dev, iters, prefix=f"peer {name} ")
+        if rounds:
+            alternating = {name: peer_rounds(folded, net, name, size, dev, rounds, iters)}
     if frame is not None:
         rows += _predictor_rows(weights, size, frame, dev, onnx, threads, iters)
     if data is not None:  # each of our precisions, eager (compiling changes no numbers)
@@ -121,7 +131,52 @@ def run_bench(
         "machine": describe_machine(dev, threads),
         "cost": costs,
         "rows": [asdict(r) for r in rows],
-        "ratios": ratios(rows),
+        "ratios": ratios(rows) | round_ratios(alternating),
+        **({"peer_rounds": alternating} if alternating else {}),
+    }
+
+
+def peer_rounds(
+    ours: torch.nn.Module,
+    peer: torch.nn.Module,
+    name: str,
+    size: tuple[int, int],
+    dev: torch.device,
+    rounds: int,
+    iters: int,
+) -> dict[str, dict[str, Any]]:
+    """Ours and the peer eager at batch 1, one block each per round, in every precision
+    worth timing: ``{precision: {"ours_ms", "<name>_ms", "peer_over_ours": per round,
+    "median": of the per-round ratios}}``.
+
+    One block per network measures whatever else the machine did at that moment; on a
+    shared machine that moves a row by more than the gap between two close networks. The
+    two blocks of a round see the same conditions, so the median of their ratios holds.
+    """
+    out = {}
+    for precision in torch_precisions(dev):
+        nets = {"ours": copy.deepcopy(ours), name: copy.deepcopy(peer)}
+        ms: dict[str, list[float]] = {key: [] for key in nets}
+        for _ in range(rounds):
+            for key, net in nets.items():
+                row = torch_inference(net, size, 1, dev, precision, iters=iters)
+                ms[key].append(row.latency_ms)
+        ratio = [round(p / o, 2) for p, o in zip(ms[name], ms["ours"], strict=True)]
+        out[precision] = {
+            "ours_ms": ms["ours"],
+            f"{name}_ms": ms[name],
+            "peer_over_ours": ratio,
+            "median": round(statistics.median(ratio), 2),
+        }
+    return out
+
+
+def round_ratios(alternating: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
+    """``peer_<name>_vs_ours_rounds[_<precision>]``: the median peer-over-ours ratio."""
+    return {
+        f"peer_{name}_vs_ours_rounds{'' if precision == 'fp32' else '_' + precision}": r["median"]
+        for name, by_precision in alternating.items()
+        for precision, r in by_precision.items()
     }
 
 
