@@ -57,13 +57,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from perception.checkpoints import load_model
     from perception.errors import PerceptionError
     from perception.export import export_onnx, format_differences, quantize_int8, verify_onnx
-    from perception.export.quantize import DEFAULT_FORMAT, DEFAULT_OPS, check_int8_setting
+    from perception.export.quantize import (
+        DEFAULT_FORMAT,
+        DEFAULT_OPS,
+        DEFAULT_WEIGHT_BITS,
+        check_int8_setting,
+    )
 
     if args.int8 and not args.calib:
         raise PerceptionError("--int8 needs --calib DIR (a v1 dataset of calibration images)")
     fmt, ops = args.int8_format or DEFAULT_FORMAT, args.int8_ops or DEFAULT_OPS
+    bits = args.int8_weight_bits or DEFAULT_WEIGHT_BITS
     if args.int8:  # before anything is written
-        check_int8_setting(fmt, ops)
+        check_int8_setting(fmt, ops, bits)
     loaded = load_model(args.weights)
     out = Path(args.out)
     fp32_out = out.with_suffix(".fp32.onnx") if args.int8 else out
@@ -80,8 +86,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"{path}: onnxruntime vs PyTorch (max abs, max rel)")
     print(format_differences(verify_onnx(path, loaded.model, **tol)))
     if args.int8:
-        int8 = quantize_int8(path, out, args.calib, args.calib_images, fmt=fmt, ops=ops)
-        print(f"{int8}: INT8 {fmt}, {ops} operators")
+        int8 = quantize_int8(
+            path, out, args.calib, args.calib_images, fmt=fmt, ops=ops, weight_bits=bits
+        )
+        print(f"{int8}: INT8 {fmt}, {ops} operators, {bits}-bit weights")
     return 0
 
 
@@ -282,6 +290,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="all (every operator with an INT8 kernel; the default) or conv (Conv/MatMul/"
         "Gemm only)",
+    )
+    p.add_argument(
+        "--int8-weight-bits",
+        type=int,
+        default=None,
+        help="7 (the default: exact on every x86 CPU, where 8-bit weights can saturate "
+        "without VNNI) or 8 (TensorRT, ARM, CPUs with VNNI)",
     )
     p.add_argument("--calib", default=None, help="v1 dataset with calibration images")
     p.add_argument("--calib-images", type=positive_int, default=64, help="INT8 calibration images")

@@ -231,6 +231,31 @@ def test_export_command_verifies_and_prints_differences(
     assert main([*args, "--int8-format", "qlinear"]) == 2
     assert "INT8 format 'qlinear'; valid: qdq, qoperator" in capsys.readouterr().err
     assert not bad.exists() and not bad.with_suffix(".fp32.onnx").exists()
+    assert main([*args, "--int8-weight-bits", "6"]) == 2
+    assert "INT8 weight bits 6; valid: 7, 8" in capsys.readouterr().err
+    assert not bad.exists() and not bad.with_suffix(".fp32.onnx").exists()
+
+
+def test_int8_weights_are_7_bit_unless_asked(fp32_path: Path, tmp_path: Path) -> None:
+    """Without VNNI, x86 sums pairs of u8 x s8 products in int16: weights within +-64
+    cannot saturate it. 8 bits on request, for runtimes that cannot saturate."""
+    from onnx import numpy_helper
+
+    write_tiny_dataset(tmp_path / "calib", num=4, size=SIZE)
+    widest = {}
+    for bits in (None, 8):
+        kwargs = {} if bits is None else {"weight_bits": bits}
+        out = tmp_path / f"w{bits}.onnx"
+        path = quantize_int8(fp32_path, out, tmp_path / "calib", num_images=4, **kwargs)
+        weights = [
+            numpy_helper.to_array(t)
+            for t in onnx.load(str(path)).graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and t.dims and len(t.dims) == 4
+        ]
+        assert weights  # the convolutions really are quantized
+        widest[bits] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+        assert read_metadata(path)["int8_weight_bits"] == (bits or 7)
+    assert widest[None] <= 64 < widest[8] <= 127
 
 
 def test_the_output_tail_stays_fp32() -> None:

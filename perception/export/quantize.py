@@ -80,6 +80,13 @@ CONV_OPS = ["Conv", "MatMul", "Gemm"]
 # portable: TensorRT reads Q/DQ pairs
 DEFAULT_FORMAT, DEFAULT_OPS = "qdq", "all"
 DEFAULT_INT8 = f"{DEFAULT_FORMAT}:{DEFAULT_OPS}"  # ``format:ops``
+# 7-bit weights by default: x86 CPUs without VNNI (AVX2 only, e.g. AMD EPYC Zen 3) multiply
+# u8 x s8 in pairs summed into int16, which saturates with full 8-bit weights (-1.4 pt
+# mAP50 on the release, docs/benchmarks.md); 7 bits cannot overflow and cost nothing
+# measurable. The exporting machine is rarely the one that runs the model, so the default
+# is the setting that is accurate everywhere; 8 bits for TensorRT, ARM or VNNI CPUs.
+INT8_WEIGHT_BITS: tuple[int, ...] = (7, 8)
+DEFAULT_WEIGHT_BITS = 7
 
 
 def int8_settings(texts: Sequence[str]) -> list[tuple[str, str]]:
@@ -99,8 +106,13 @@ def parse_int8_setting(text: str) -> tuple[str, str]:
     return fmt, ops
 
 
-def check_int8_setting(fmt: str, ops: str) -> None:
-    """One ``PerceptionError`` naming the valid choices for a wrong format or op set."""
+def check_int8_setting(fmt: str, ops: str, weight_bits: int = DEFAULT_WEIGHT_BITS) -> None:
+    """One ``PerceptionError`` naming the valid choices for a wrong format, op set or
+    weight width."""
+    if weight_bits not in INT8_WEIGHT_BITS:
+        raise PerceptionError(
+            f"INT8 weight bits {weight_bits!r}; valid: {', '.join(map(str, INT8_WEIGHT_BITS))}"
+        )
     if fmt not in INT8_FORMATS:
         raise PerceptionError(f"INT8 format {fmt!r}; valid: {', '.join(INT8_FORMATS)}")
     if ops not in INT8_OPS:
@@ -131,6 +143,7 @@ def quantize_int8(
     *,
     fmt: str = DEFAULT_FORMAT,
     ops: str = DEFAULT_OPS,
+    weight_bits: int = DEFAULT_WEIGHT_BITS,
 ) -> Path:
     """Static INT8 (u8 activations, s8 per-channel weights, MinMax calibration) of an fp32
     export.
@@ -144,14 +157,17 @@ def quantize_int8(
     times each). Whatever the setting, the last convolution before each output and what
     follows it stay fp32 (``output_tail``): box distances, logits and log depth keep their
     precision instead of 256 levels, which cost 15 points of mAP50_95 in QOperator form.
-    The choice is written to the metadata (``int8_format``, ``int8_ops``).
+    ``weight_bits``: 7 (the default, ``DEFAULT_WEIGHT_BITS``: exact on every x86 CPU) or 8
+    (for runtimes whose integer products cannot saturate: TensorRT, ARM, VNNI CPUs).
+    The choice is written to the metadata (``int8_format``, ``int8_ops``,
+    ``int8_weight_bits``).
     INT8 is not held to the fp32 tolerance; compare it with ``verify_onnx(..., rtol=...,
     atol=...)`` loosened, or by mAP.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    check_int8_setting(fmt, ops)
+    check_int8_setting(fmt, ops, weight_bits)
     meta = read_metadata(fp32_onnx)
     if meta.get("precision") != "fp32":
         raise PerceptionError(f"{fp32_onnx}: INT8 needs an fp32 perception export")
@@ -172,8 +188,14 @@ def quantize_int8(
         calibrate_method=CalibrationMethod.MinMax,
         op_types_to_quantize=CONV_OPS if ops == "conv" else None,
         nodes_to_exclude=output_tail(onnx.load(str(fp32_onnx)).graph),
+        reduce_range=weight_bits == 7,  # onnxruntime's name for 7-bit weights
     )
     proto = onnx.load(str(out))
-    extra = {"int8_format": fmt, "int8_ops": ops, "calibration_images": len(reader.records)}
+    extra = {
+        "int8_format": fmt,
+        "int8_ops": ops,
+        "int8_weight_bits": weight_bits,
+        "calibration_images": len(reader.records),
+    }
     _set_metadata(proto, {**meta, "precision": "int8", **extra})
     return _save(proto, out)
