@@ -295,8 +295,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "--int8-weight-bits",
         type=int,
         default=None,
-        help="7 (the default: exact on every x86 CPU, where 8-bit weights can saturate "
-        "without VNNI) or 8 (TensorRT, ARM, CPUs with VNNI)",
+        help="7 (the default: x86 CPUs without VNNI saturate with 8-bit weights) or 8 "
+        "(TensorRT, ARM, CPUs with VNNI)",
     )
     p.add_argument("--calib", default=None, help="v1 dataset with calibration images")
     p.add_argument("--calib-images", type=positive_int, default=64, help="INT8 calibration images")

@@ -13,9 +13,10 @@ from perception.data.collate import collate
 from perception.data.datamodule import PerceptionDataModule
 from perception.data.synthetic.scene import CLASSES
 from perception.data.synthetic.writer import write_dataset
+from perception.data.transforms import IGNORE
 from perception.errors import PerceptionError
 from perception.training.module import PerceptionModule
-from perception.training.pseudo import IGNORE, confident_labels, pseudo_label_segmentation
+from perception.training.pseudo import confident_labels, pseudo_label_segmentation
 
 SIZE = (64, 96)
 NET = {"backbone": "resnet18", "neck_width": 16, "head_width": 16}
@@ -98,6 +99,25 @@ def test_a_fully_labeled_batch_is_returned_as_is(partial_sets) -> None:
     teacher = FixedTeacher(torch.zeros((2, SIZE[0], SIZE[1])))
     new, rows = pseudo_label_segmentation(teacher, batch.images.float() / 255, batch, 0.9)
     assert new is batch and rows == 0 and teacher.modes == []
+
+
+def test_a_lane_only_model_fills_lanes_only(partial_sets) -> None:
+    """Without a drivable channel, a lane-labeled image lacks nothing: no teacher call for
+    it, not counted; a depth-only image gets lanes and still no drivable labels."""
+    batch = _batch(*partial_sets)
+    batch.has_drivable[:] = False  # as a set without drivable labels would have it
+    teacher = FixedTeacher(torch.full((1, SIZE[0], SIZE[1]), 9.0))  # one channel: lane
+    new, rows = pseudo_label_segmentation(teacher, batch.images.float() / 255, batch, 0.9, 1)
+    assert rows == 2
+    assert new.has_lane.tolist() == [True] * 4 and new.has_drivable.tolist() == [False] * 4
+    assert torch.equal(new.drivable, batch.drivable)
+    assert (new.lane[2:][batch.valid[2:]] == 1).all()
+    lane_only = _batch(partial_sets[0])
+    lane_only.has_drivable[:] = False
+    same, rows = pseudo_label_segmentation(
+        teacher, lane_only.images.float() / 255, lane_only, 0.9, 1
+    )
+    assert same is lane_only and rows == 0
 
 
 def _module(**kwargs) -> PerceptionModule:

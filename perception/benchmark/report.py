@@ -63,6 +63,15 @@ def ratios(rows: list[Row]) -> dict[str, float]:
     return out
 
 
+def round_ratios(alternating: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
+    """``peer_<name>_vs_ours_rounds[_<precision>]``: the median peer-over-ours ratio."""
+    return {
+        f"peer_{name}_vs_ours_rounds{'' if precision == 'fp32' else '_' + precision}": r["median"]
+        for name, by_precision in alternating.items()
+        for precision, r in by_precision.items()
+    }
+
+
 def _peer_ratios(rows: list[Row], by: dict) -> dict[str, float]:
     """Each peer's latency over ours in the same runtime (``_<precision>`` for other than
     fp32); its eager fp32 latency over our fastest runtime and our fastest torch row; our

@@ -40,7 +40,7 @@ import torch
 from perception.benchmark.cost import gflops, param_count
 from perception.benchmark.machine import describe_machine
 from perception.benchmark.peer import build_peer, check_runs
-from perception.benchmark.report import ACCURACY_KEYS, ratios
+from perception.benchmark.report import ACCURACY_KEYS, ratios, round_ratios
 from perception.benchmark.speed import (
     Row,
     onnx_inference,
@@ -169,15 +169,6 @@ def peer_rounds(
             "median": round(statistics.median(ratio), 2),
         }
     return out
-
-
-def round_ratios(alternating: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
-    """``peer_<name>_vs_ours_rounds[_<precision>]``: the median peer-over-ours ratio."""
-    return {
-        f"peer_{name}_vs_ours_rounds{'' if precision == 'fp32' else '_' + precision}": r["median"]
-        for name, by_precision in alternating.items()
-        for precision, r in by_precision.items()
-    }
 
 
 def _torch_rows(

@@ -81,10 +81,11 @@ CONV_OPS = ["Conv", "MatMul", "Gemm"]
 DEFAULT_FORMAT, DEFAULT_OPS = "qdq", "all"
 DEFAULT_INT8 = f"{DEFAULT_FORMAT}:{DEFAULT_OPS}"  # ``format:ops``
 # 7-bit weights by default: x86 CPUs without VNNI (AVX2 only, e.g. AMD EPYC Zen 3) multiply
-# u8 x s8 in pairs summed into int16, which saturates with full 8-bit weights (-1.4 pt
-# mAP50 on the release, docs/benchmarks.md); 7 bits cannot overflow and cost nothing
-# measurable. The exporting machine is rarely the one that runs the model, so the default
-# is the setting that is accurate everywhere; 8 bits for TensorRT, ARM or VNNI CPUs.
+# u8 x s8 in pairs summed into int16, which saturates with full 8-bit weights (-1.3 pt
+# mAP50 on the release, docs/benchmarks.md); with 7 bits the sums cannot overflow and the
+# release stayed within the accuracy budget (-0.4 pt). The exporting machine is rarely the
+# one that runs the model, so the default is the setting that is accurate everywhere; 8 bits
+# for TensorRT, ARM or VNNI CPUs.
 INT8_WEIGHT_BITS: tuple[int, ...] = (7, 8)
 DEFAULT_WEIGHT_BITS = 7
 
@@ -157,7 +158,7 @@ def quantize_int8(
     times each). Whatever the setting, the last convolution before each output and what
     follows it stay fp32 (``output_tail``): box distances, logits and log depth keep their
     precision instead of 256 levels, which cost 15 points of mAP50_95 in QOperator form.
-    ``weight_bits``: 7 (the default, ``DEFAULT_WEIGHT_BITS``: exact on every x86 CPU) or 8
+    ``weight_bits``: 7 (the default, ``DEFAULT_WEIGHT_BITS``: no x86 CPU saturates) or 8
     (for runtimes whose integer products cannot saturate: TensorRT, ARM, VNNI CPUs).
     The choice is written to the metadata (``int8_format``, ``int8_ops``,
     ``int8_weight_bits``).

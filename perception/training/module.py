@@ -255,10 +255,11 @@ class PerceptionModule(L.LightningModule):
     def pseudo_label(self, images: torch.Tensor, batch: Batch) -> Batch:
         """``batch`` with the EMA's lane / drivable pseudo-labels on the images that lack
         them (``training.pseudo``), once ``seg_pseudo_start`` steps have passed; else as is."""
-        threshold = self.hparams.seg_pseudo_labels
-        if not threshold or self.ema is None or self.global_step < self.hparams.seg_pseudo_start:
+        threshold = self.hparams.seg_pseudo_labels  # > 0 only with an EMA (``__init__``)
+        if not threshold or self.global_step < self.hparams.seg_pseudo_start:
             return batch
-        batch, rows = pseudo_label_segmentation(self.ema.module, images, batch, threshold)
+        channels = 2 if self.net_config.drivable else 1
+        batch, rows = pseudo_label_segmentation(self.ema.module, images, batch, threshold, channels)
         self.log("train/pseudo_labeled", float(rows), batch_size=len(batch))
         return batch
 

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from perception.data.transforms import IGNORE
 from perception.errors import PerceptionError
+from perception.losses.segmentation import CHANNELS
 from perception.structures import Batch
-
-IGNORE = 255  # the label value the segmentation loss skips
 
 
 def check_threshold(threshold: float) -> None:
@@ -69,7 +69,11 @@ def teacher_seg_prob(
 
 
 def pseudo_label_segmentation(
-    teacher: nn.Module, images: torch.Tensor, batch: Batch, threshold: float
+    teacher: nn.Module,
+    images: torch.Tensor,
+    batch: Batch,
+    threshold: float,
+    channels: int = len(CHANNELS),
 ) -> tuple[Batch, int]:
     """Fill the missing lane / drivable labels of ``batch`` from ``teacher``.
 
@@ -78,22 +82,23 @@ def pseudo_label_segmentation(
         images: ``[B, 3, H, W]`` float network input of ``batch``.
         batch: the batch; rows with ``has_lane`` (``has_drivable``) True keep their labels.
         threshold: confidence in (0.5, 1) for a pixel to become a label.
+        channels: the model's segmentation channels, in ``CHANNELS`` order (1: lane only).
 
     Returns:
         ``(batch, rows)``: a new batch whose filled rows are flagged labeled, and how many
         images got pseudo-labels. ``batch`` itself is not modified.
     """
     check_threshold(threshold)
-    flags = (batch.has_lane.bool(), batch.has_drivable.bool())  # [B] each
-    missing = ~(flags[0] & flags[1])  # [B]
+    flags = [batch.has_lane.bool(), batch.has_drivable.bool()][:channels]  # [B] each
+    missing = ~torch.stack(flags).all(0)  # [B]
     if threshold == 0 or not bool(missing.any()):
         return batch, 0
     prob = teacher_seg_prob(teacher, images[missing], tuple(batch.lane.shape[-2:]))
     where = missing.nonzero().squeeze(1)  # [N] batch rows of ``prob``
     labels = [batch.lane.clone(), batch.drivable.clone()]  # [B, H, W] uint8 each
     filled = [batch.has_lane.clone(), batch.has_drivable.clone()]  # [B] each
-    for c in range(min(prob.shape[1], 2)):  # a lane-only model has no drivable channel
-        rows = ~flags[c][where]  # [N] rows of ``prob`` lacking this channel
+    for c, flag in enumerate(flags):
+        rows = ~flag[where]  # [N] rows of ``prob`` lacking this channel
         target = where[rows]
         labels[c][target] = confident_labels(prob[rows, c], batch.valid[target], threshold)
         filled[c][target] = True
