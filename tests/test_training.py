@@ -174,6 +174,21 @@ def test_fit_checkpoints_resume_and_eval(synth32: Path, tmp_path: Path, capsys):
     assert list(metrics) == EVAL_KEYS and metrics["num_images"] == 8
 
 
+def test_last_checkpoint_is_the_final_step_between_validations(synth32: Path, tmp_path: Path):
+    """24 training images in batches of 8 validate every 3 steps; ``max_steps`` 4 stops one
+    step after the last validation, and ``last.ckpt`` must hold step 4, not step 3."""
+    args = one_step_run(synth32, "--trainer.max_steps", "4", "--data.batch_size", "8",
+                        "--data.val_fraction", "0.25", "--data.image_size", str(list(SIZE)),
+                        "--model.net.neck_width", "32", "--model.net.head_width", "32",
+                        "--trainer.default_root_dir", str(tmp_path / "run"),
+                        "--trainer.enable_progress_bar", "false")  # fmt: skip
+    assert main(args) == 0
+    last = torch.load(tmp_path / "run/last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 4
+    best = torch.load(tmp_path / "run/best.ckpt", map_location="cpu", weights_only=True)
+    assert best["global_step"] == 3  # the validated step keeps its own checkpoint
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

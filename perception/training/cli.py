@@ -16,14 +16,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
 from perception.data.datamodule import PerceptionDataModule
 from perception.errors import PerceptionError
 from perception.training.module import PerceptionModule
 from perception.training.precision import default_precision
-from perception.training.run_paths import RunPaths
+from perception.training.run_paths import FinalCheckpoint, RunPaths
 
 
 class PerceptionCLI(LightningCLI):
@@ -116,7 +116,7 @@ def trainer_defaults() -> dict:
             },
         ],
         "callbacks": [  # LightningCLI adds these instances to every run as they are
-            ModelCheckpoint(
+            FinalCheckpoint(
                 monitor="val/score",
                 mode="max",
                 save_last=True,

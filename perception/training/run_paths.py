@@ -1,4 +1,5 @@
-"""Say where a run's files go, and keep stable names for its newest checkpoints.
+"""Say where a run's files go, keep stable names for its newest checkpoints, and make the
+last one the final step's.
 
 Lightning numbers each run's folder (``version_0``, ``version_1``, ...), so a crashed
 earlier run silently shifts the path a user copies from the docs. At the end of every
@@ -13,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -56,3 +58,18 @@ class RunPaths(L.Callback):
                 made.append(f"{link(Path(path), root / name)} -> {path}")
         if made:
             print("perception train: " + "; ".join(made), flush=True)
+
+
+class FinalCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` holds the final step.
+
+    Lightning writes checkpoints after each validation. A run that reaches ``max_steps``
+    between two validations (1000 steps of 188-step epochs stop 60 steps after the last
+    one) would otherwise end with ``last.ckpt`` at that validation: ``perception eval``,
+    a release or a resume would read weights up to an epoch behind the run it asked for.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
