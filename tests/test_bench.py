@@ -152,6 +152,25 @@ def test_bad_peer_specs_are_one_clear_error(spec: str, message: str) -> None:
         build_peer(spec)
 
 
+def test_rounds_swap_which_network_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block timed right after the other network's can run slower; swapping the order
+    every round keeps that from always landing on the same network."""
+    from perception.benchmark import run as bench_run
+    from perception.benchmark.speed import Row
+
+    ours, peer = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(3, 5, 1)
+    order = []
+
+    def fake_inference(net, size, batch, dev, precision, iters):
+        order.append("ours" if net.out_channels == 4 else "peer")
+        return Row("torch eager fp32", "cpu", 1, 2.0 if order[-1] == "ours" else 3.0, 3.0, 1.0)
+
+    monkeypatch.setattr(bench_run, "torch_inference", fake_inference)
+    out = bench_run.peer_rounds(ours, peer, "peer", (8, 8), torch.device("cpu"), 4, 2)
+    assert order == ["ours", "peer", "peer", "ours", "ours", "peer", "peer", "ours"]
+    assert out["fp32"]["ours_ms"] == [2.0] * 4 and out["fp32"]["peer_over_ours"] == [1.5] * 4
+
+
 def test_rounds_need_a_peer() -> None:
     from perception.benchmark import run_bench
 

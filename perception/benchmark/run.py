@@ -152,14 +152,16 @@ def peer_rounds(
     One block per network measures whatever else the machine did at that moment; on a
     shared machine that moves a row by more than the gap between two close networks. The
     two blocks of a round see the same conditions, so the median of their ratios holds.
+    Which network goes first swaps every round, so that neither always runs straight
+    after the other's block (a network can run faster or slower after another's).
     """
     out = {}
     for precision in torch_precisions(dev):
         nets = {"ours": copy.deepcopy(ours), name: copy.deepcopy(peer)}
         ms: dict[str, list[float]] = {key: [] for key in nets}
-        for _ in range(rounds):
-            for key, net in nets.items():
-                row = torch_inference(net, size, 1, dev, precision, iters=iters)
+        for i in range(rounds):
+            for key in list(nets)[:: 1 if i % 2 == 0 else -1]:
+                row = torch_inference(nets[key], size, 1, dev, precision, iters=iters)
                 ms[key].append(row.latency_ms)
         ratio = [round(p / o, 2) for p, o in zip(ms[name], ms["ours"], strict=True)]
         out[precision] = {
