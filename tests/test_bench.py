@@ -153,8 +153,8 @@ def test_bad_peer_specs_are_one_clear_error(spec: str, message: str) -> None:
 
 
 def test_rounds_swap_which_network_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A block timed right after the other network's can run slower; swapping the order
-    every round keeps that from always landing on the same network."""
+    """Ours first in even rounds, the peer first in odd ones, so that following the
+    other network's block never falls on one network only."""
     from perception.benchmark import run as bench_run
     from perception.benchmark.speed import Row
 

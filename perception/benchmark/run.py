@@ -152,8 +152,8 @@ def peer_rounds(
     One block per network measures whatever else the machine did at that moment; on a
     shared machine that moves a row by more than the gap between two close networks. The
     two blocks of a round see the same conditions, so the median of their ratios holds.
-    Which network goes first swaps every round, so that neither always runs straight
-    after the other's block (a network can run faster or slower after another's).
+    Which network goes first swaps every round, so that whatever following the other
+    network's block does to a block falls on both alike.
     """
     out = {}
     for precision in torch_precisions(dev):

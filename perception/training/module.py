@@ -258,8 +258,9 @@ class PerceptionModule(L.LightningModule):
         threshold = self.hparams.seg_pseudo_labels  # > 0 only with an EMA (``__init__``)
         if not threshold or self.global_step < self.hparams.seg_pseudo_start:
             return batch
-        channels = 2 if self.net_config.drivable else 1
-        batch, rows = pseudo_label_segmentation(self.ema.module, images, batch, threshold, channels)
+        batch, rows = pseudo_label_segmentation(
+            self.ema.module, images, batch, threshold, self.model.num_seg
+        )
         self.log("train/pseudo_labeled", float(rows), batch_size=len(batch))
         return batch
 

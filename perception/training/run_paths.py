@@ -67,6 +67,8 @@ class FinalCheckpoint(ModelCheckpoint):
     between two validations (1000 steps of 188-step epochs stop 60 steps after the last
     one) would otherwise end with ``last.ckpt`` at that validation: ``perception eval``,
     a release or a resume would read weights up to an epoch behind the run it asked for.
+    It calls ``ModelCheckpoint``'s own saving steps (private in Lightning 2.6, which the
+    package pins; ``test_last_checkpoint_is_the_final_step_between_validations`` guards it).
     """
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
