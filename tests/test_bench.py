@@ -166,9 +166,13 @@ def test_rounds_swap_which_network_goes_first(monkeypatch: pytest.MonkeyPatch) -
         return Row("torch eager fp32", "cpu", 1, 2.0 if order[-1] == "ours" else 3.0, 3.0, 1.0)
 
     monkeypatch.setattr(bench_run, "torch_inference", fake_inference)
+    # Pinned: which precisions a CPU times depends on its ISA, and this test must not.
+    monkeypatch.setattr(bench_run, "torch_precisions", lambda dev: ("fp32", "bf16"))
     out = bench_run.peer_rounds(ours, peer, "peer", (8, 8), torch.device("cpu"), 4, 2)
-    assert order == ["ours", "peer", "peer", "ours", "ours", "peer", "peer", "ours"]
-    assert out["fp32"]["ours_ms"] == [2.0] * 4 and out["fp32"]["peer_over_ours"] == [1.5] * 4
+    assert order == ["ours", "peer", "peer", "ours", "ours", "peer", "peer", "ours"] * 2
+    for precision in ("fp32", "bf16"):
+        assert out[precision]["ours_ms"] == [2.0] * 4
+        assert out[precision]["peer_over_ours"] == [1.5] * 4
 
 
 def test_rounds_need_a_peer() -> None:
