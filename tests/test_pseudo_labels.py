@@ -120,6 +120,26 @@ def test_a_lane_only_model_fills_lanes_only(partial_sets) -> None:
     assert same is lane_only and rows == 0
 
 
+def test_only_the_chosen_channels_are_filled(partial_sets) -> None:
+    """``fill=("drivable",)``: depth-only images get drivable labels and keep no lane
+    labels; a batch that lacks only lanes is returned as is."""
+    batch = _batch(*partial_sets)
+    teacher = FixedTeacher(torch.full((2, SIZE[0], SIZE[1]), 9.0))
+    images = batch.images.float() / 255
+    new, rows = pseudo_label_segmentation(teacher, images, batch, 0.9, fill=("drivable",))
+    assert rows == 2
+    assert new.has_drivable.tolist() == [True] * 4
+    assert new.has_lane.tolist() == [True, True, False, False]
+    assert torch.equal(new.lane, batch.lane)
+    assert (new.drivable[2:][batch.valid[2:]] == 1).all()
+    lane_missing = _batch(partial_sets[0])
+    lane_missing.has_lane[:] = False
+    same, rows = pseudo_label_segmentation(
+        teacher, images[:2], lane_missing, 0.9, fill=("drivable",)
+    )
+    assert same is lane_missing and rows == 0
+
+
 def _module(**kwargs) -> PerceptionModule:
     torch.manual_seed(0)
     return PerceptionModule(
@@ -136,6 +156,11 @@ def test_the_training_step_trains_lanes_on_depth_only_images(partial_sets) -> No
         "off": {},
         "on": {"seg_pseudo_labels": 0.6, "seg_pseudo_start": 0},
         "later": {"seg_pseudo_labels": 0.6, "seg_pseudo_start": 5},
+        "drivable": {
+            "seg_pseudo_labels": 0.6,
+            "seg_pseudo_start": 0,
+            "seg_pseudo_channels": ["drivable"],
+        },
     }.items():
         module = _module(**kwargs)
         module.log = module.log_dict = lambda *a, **k: None  # no trainer attached
@@ -144,6 +169,8 @@ def test_the_training_step_trains_lanes_on_depth_only_images(partial_sets) -> No
         _, parts[name] = module.loss(module.model(images), labeled, *module.points(images))
     assert parts["off"]["seg"] == 0 and parts["later"]["seg"] == 0
     assert parts["on"]["seg"] > 0
+    # the random teacher is sure of background lanes only: drivable-only labels nothing
+    assert parts["on"]["lane_bce"] > 0 and parts["drivable"]["lane_bce"] == 0
 
 
 def test_bad_settings_are_refused() -> None:
@@ -151,3 +178,7 @@ def test_bad_settings_are_refused() -> None:
         _module(seg_pseudo_labels=0.4)
     with pytest.raises(PerceptionError, match="needs the EMA"):
         PerceptionModule(list(CLASSES), SIZE, net=NET, ema_decay=0, seg_pseudo_labels=0.9)
+    with pytest.raises(PerceptionError, match="seg_pseudo_channels must be among"):
+        _module(seg_pseudo_labels=0.9, seg_pseudo_channels=["road"])
+    with pytest.raises(PerceptionError, match="seg_pseudo_channels must be among"):
+        _module(seg_pseudo_labels=0.9, seg_pseudo_channels=[])

@@ -29,7 +29,11 @@ from perception.structures import TASKS, Batch, HeadOutputs
 from perception.training.ema import ModelEMA
 from perception.training.nonfinite import ACTIONS, describe, nonfinite_grads, nonfinite_terms
 from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
-from perception.training.pseudo import check_threshold, pseudo_label_segmentation
+from perception.training.pseudo import (
+    check_channels,
+    check_threshold,
+    pseudo_label_segmentation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,7 @@ class PerceptionModule(L.LightningModule):
             pixel needs, in (0.5, 1); 0 = off. Needs the EMA.
         seg_pseudo_start: optimizer step from which they are made (the EMA of the first
             steps is close to the random initialisation).
+        seg_pseudo_channels: which of ``lane`` and ``drivable`` get pseudo-labels.
         overlay_images: prediction overlays drawn at each validation (0 = off).
         init_weights: a release ``.safetensors`` or ``.ckpt`` to start from (fine-tuning at
             another input size or on other data; ``checkpoints.init_from``). Not a resume:
@@ -115,6 +120,7 @@ class PerceptionModule(L.LightningModule):
         ema_ramp: int = 2000,
         seg_pseudo_labels: float = 0.0,
         seg_pseudo_start: int = 300,
+        seg_pseudo_channels: Sequence[str] = ("lane", "drivable"),
         overlay_images: int = 4,
         init_weights: str | None = None,
         untrained_tasks: Sequence[str] = (),
@@ -138,6 +144,8 @@ class PerceptionModule(L.LightningModule):
         if ema_ramp < 1:
             raise PerceptionError(f"model.ema_ramp must be >= 1, got {ema_ramp}")
         check_threshold(seg_pseudo_labels)
+        check_channels(seg_pseudo_channels)
+        seg_pseudo_channels = list(seg_pseudo_channels)  # a plain list in the hyperparameters
         if seg_pseudo_labels and ema_decay <= 0:
             raise PerceptionError("model.seg_pseudo_labels needs the EMA (model.ema_decay > 0)")
         class_names = list(class_names)  # plain values in the checkpoint (read by
@@ -259,7 +267,12 @@ class PerceptionModule(L.LightningModule):
         if not threshold or self.global_step < self.hparams.seg_pseudo_start:
             return batch
         batch, rows = pseudo_label_segmentation(
-            self.ema.module, images, batch, threshold, self.model.num_seg
+            self.ema.module,
+            images,
+            batch,
+            threshold,
+            self.model.num_seg,
+            self.hparams.seg_pseudo_channels,
         )
         self.log("train/pseudo_labeled", float(rows), batch_size=len(batch))
         return batch

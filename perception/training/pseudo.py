@@ -15,6 +15,7 @@ An image that has the labels is never touched, so on fully labeled data this is 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,14 @@ from perception.data.transforms import IGNORE
 from perception.errors import PerceptionError
 from perception.losses.segmentation import CHANNELS
 from perception.structures import Batch
+
+
+def check_channels(fill: Sequence[str]) -> None:
+    """A non-empty subset of the segmentation channels."""
+    if not fill or not set(fill) <= set(CHANNELS):
+        raise PerceptionError(
+            f"model.seg_pseudo_channels must be among {list(CHANNELS)}, got {list(fill)}"
+        )
 
 
 def check_threshold(threshold: float) -> None:
@@ -74,6 +83,7 @@ def pseudo_label_segmentation(
     batch: Batch,
     threshold: float,
     channels: int = len(CHANNELS),
+    fill: Sequence[str] = CHANNELS,
 ) -> tuple[Batch, int]:
     """Fill the missing lane / drivable labels of ``batch`` from ``teacher``.
 
@@ -83,22 +93,26 @@ def pseudo_label_segmentation(
         batch: the batch; rows with ``has_lane`` (``has_drivable``) True keep their labels.
         threshold: confidence in (0.5, 1) for a pixel to become a label.
         channels: the model's segmentation channels, in ``CHANNELS`` order (1: lane only).
+        fill: the channels to pseudo-label (``CHANNELS`` names); the others stay as they are.
 
     Returns:
         ``(batch, rows)``: a new batch whose filled rows are flagged labeled, and how many
         images got pseudo-labels. ``batch`` itself is not modified.
     """
     check_threshold(threshold)
-    flags = [batch.has_lane.bool(), batch.has_drivable.bool()][:channels]  # [B] each
-    missing = ~torch.stack(flags).all(0)  # [B]
-    if threshold == 0 or not bool(missing.any()):
+    flags = [batch.has_lane.bool(), batch.has_drivable.bool()]  # [B] each
+    wanted = [c for c, name in enumerate(CHANNELS[:channels]) if name in fill]
+    if threshold == 0 or not wanted:
+        return batch, 0
+    missing = ~torch.stack([flags[c] for c in wanted]).all(0)  # [B]
+    if not bool(missing.any()):
         return batch, 0
     prob = teacher_seg_prob(teacher, images[missing], tuple(batch.lane.shape[-2:]))
     where = missing.nonzero().squeeze(1)  # [N] batch rows of ``prob``
     labels = [batch.lane.clone(), batch.drivable.clone()]  # [B, H, W] uint8 each
     filled = [batch.has_lane.clone(), batch.has_drivable.clone()]  # [B] each
-    for c, flag in enumerate(flags):
-        rows = ~flag[where]  # [N] rows of ``prob`` lacking this channel
+    for c in wanted:
+        rows = ~flags[c][where]  # [N] rows of ``prob`` lacking this channel
         target = where[rows]
         labels[c][target] = confident_labels(prob[rows, c], batch.valid[target], threshold)
         filled[c][target] = True
