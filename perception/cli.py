@@ -44,6 +44,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         limit=args.limit,
         precision=args.precision,
+        depth_regions=args.depth_regions,
     )
     print(format_table(metrics))
     if args.json:
@@ -327,6 +328,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="data loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     p.add_argument("--limit", type=positive_int, default=None, help="first N samples only")
+    p.add_argument(
+        "--depth-regions",
+        action="store_true",
+        help="also depth errors on the road, inside labeled boxes and elsewhere "
+        "(images labeled for every task)",
+    )
     add_precision_arg(
         p, "torch weights in this precision, as the Predictor runs them (BatchNorm folded)"
     )

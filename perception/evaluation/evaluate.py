@@ -38,6 +38,7 @@ def evaluate(
     limit: int | None = None,
     precision: str = "fp32",
     image_size: tuple[int, int] | None = None,
+    depth_regions: bool = False,
 ) -> dict[str, float]:
     """Metrics of ``weights`` (``.safetensors``, ``.ckpt`` or an exported ``.onnx``, whose
     raw outputs are scored the same way) on the dataset at ``data`` (first ``limit``).
@@ -47,6 +48,8 @@ def evaluate(
     never read without its cost; an ``.onnx`` file carries its own precision.
     ``image_size``: the network input ``(H, W)`` for torch weights (default their own),
     to score them at the size they are timed or deployed at; an ``.onnx`` file has one.
+    ``depth_regions``: also depth errors on the road, inside labeled boxes and elsewhere
+    (``perception.evaluation.regions``).
     """
     check_precision(precision)
     dev = pick_device(device)
@@ -80,7 +83,7 @@ def evaluate(
         num_workers=workers,
         collate_fn=partial(collate, image_size=image_size),
     )
-    suite = MetricsSuite(canonical_focal=config["canonical_focal"])
+    suite = MetricsSuite(canonical_focal=config["canonical_focal"], depth_regions=depth_regions)
     for batch in tqdm(loader, desc="eval", unit="batch", disable=None):
         batch = batch.to(dev)
         if len(batch) == 0:

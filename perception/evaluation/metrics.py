@@ -26,6 +26,7 @@ from perception.evaluation.coco import (
     DetectionEvaluator,
     to_coco,
 )
+from perception.evaluation.regions import RegionDepthEvaluator
 from perception.ops.camera import depth_scale
 from perception.postprocess.dense import depth_metres, seg_probabilities
 from perception.postprocess.detection import postprocess_detections
@@ -207,19 +208,24 @@ class MetricsSuite:
         min_depth: float = 1e-3,
         max_dets: int = COCO_MAX_DETS,
         canonical_focal: float = 0.0,
+        depth_regions: bool = False,
     ) -> None:
         """``canonical_focal``: the model's (``perception.ops.camera``); depth is scored in
-        metres for each image's own camera (``Batch.camera``)."""
+        metres for each image's own camera (``Batch.camera``). ``depth_regions`` adds the
+        ``depth_<region>/*`` keys after the SPEC ones (``evaluation.regions``)."""
         self.canonical_focal = canonical_focal
         self.detection = DetectionEvaluator(max_dets=max_dets)
         self.segmentation = SegmentationEvaluator(threshold=seg_threshold)
         self.depth = DepthEvaluator(max_depth=max_depth, min_depth=min_depth)
+        self.regions = RegionDepthEvaluator(max_depth, min_depth) if depth_regions else None
         self.num_images = 0
 
     def reset(self) -> None:
         self.detection.reset()
         self.segmentation.reset()
         self.depth.reset()
+        if self.regions is not None:
+            self.regions.reset()
         self.num_images = 0
 
     def state(self) -> dict:
@@ -229,6 +235,7 @@ class MetricsSuite:
             "detection": self.detection.state(),
             "segmentation": self.segmentation.state(),
             "depth": self.depth.state(),
+            "regions": None if self.regions is None else self.regions.state(),
             "num_images": self.num_images,
         }
 
@@ -236,6 +243,8 @@ class MetricsSuite:
         self.detection.merge(state["detection"])
         self.segmentation.merge(state["segmentation"])
         self.depth.merge(state["depth"])
+        if self.regions is not None:
+            self.regions.merge(state["regions"])
         self.num_images += int(state["num_images"])
 
     @torch.no_grad()
@@ -279,19 +288,18 @@ class MetricsSuite:
             has_lane=batch.has_lane,
             has_drivable=batch.has_drivable,
         )
-        self.depth.update(
-            depth_metres(outputs.depth_log, depth_scale(batch.camera, self.canonical_focal)),
-            batch.depth,
-            valid=batch.valid,
-            labeled=batch.has_depth,
-        )
+        depth = depth_metres(outputs.depth_log, depth_scale(batch.camera, self.canonical_focal))
+        self.depth.update(depth, batch.depth, valid=batch.valid, labeled=batch.has_depth)
+        if self.regions is not None:
+            self.regions.update(depth, batch)
         self.num_images += len(batch)
 
     def compute(self) -> dict[str, float]:
-        """The SPEC keys in SPEC order (``num_images`` an int)."""
+        """The SPEC keys in SPEC order (``num_images`` an int), then any region keys."""
         return {
             **self.detection.compute(),
             **self.segmentation.compute(),
             **self.depth.compute(),
             "num_images": self.num_images,
+            **(self.regions.compute() if self.regions is not None else {}),
         }
