@@ -26,7 +26,6 @@ from perception.evaluation.coco import (
     DetectionEvaluator,
     to_coco,
 )
-from perception.evaluation.regions import RegionDepthEvaluator
 from perception.ops.camera import depth_scale
 from perception.postprocess.dense import depth_metres, seg_probabilities
 from perception.postprocess.detection import postprocess_detections
@@ -217,7 +216,11 @@ class MetricsSuite:
         self.detection = DetectionEvaluator(max_dets=max_dets)
         self.segmentation = SegmentationEvaluator(threshold=seg_threshold)
         self.depth = DepthEvaluator(max_depth=max_depth, min_depth=min_depth)
-        self.regions = RegionDepthEvaluator(max_depth, min_depth) if depth_regions else None
+        self.regions = None
+        if depth_regions:  # imported here: regions builds on DepthEvaluator above
+            from perception.evaluation.regions import RegionDepthEvaluator
+
+            self.regions = RegionDepthEvaluator(max_depth, min_depth)
         self.num_images = 0
 
     def reset(self) -> None:

@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from perception.evaluation.metrics import DepthEvaluator
 from perception.structures import Batch
 
 DEPTH_REGIONS: tuple[str, ...] = ("road", "objects", "rest")
@@ -48,44 +49,37 @@ def region_masks(batch: Batch) -> dict[str, torch.Tensor]:
 
 
 class RegionDepthEvaluator:
-    """``depth_<region>/{share,abs_rel,delta1}`` over a split, accumulated like
-    ``DepthEvaluator`` (sums, reduced once) and clamped to the same ``[min, max]`` metres."""
+    """``depth_<region>/{share,abs_rel,delta1}`` over a split: one ``DepthEvaluator`` per
+    region (the same clamping and sums), fed only that region's pixels."""
 
     def __init__(self, max_depth: float = 80.0, min_depth: float = 1e-3) -> None:
-        self.max_depth, self.min_depth = max_depth, min_depth
-        self.reset()
+        self.evaluators = {r: DepthEvaluator(max_depth, min_depth) for r in DEPTH_REGIONS}
 
     def reset(self) -> None:
-        # per region: [sum of |d - g| / g, pixels with ratio < 1.25, pixel count]
-        self._sums = torch.zeros(len(DEPTH_REGIONS), 3, dtype=torch.float64)
+        for evaluator in self.evaluators.values():
+            evaluator.reset()
 
     def update(self, pred: torch.Tensor, batch: Batch) -> None:
         """Add a batch: ``pred`` ``[B, 1, H, W]`` or ``[B, H, W]`` metres."""
-        target = batch.depth
-        pred = pred.reshape(target.shape)  # [B, H, W]
         labeled = batch.has_depth & batch.has_det & batch.has_lane & batch.has_drivable  # [B]
-        scored = (target > 0) & batch.valid.bool() & labeled.bool()[:, None, None]  # [B, H, W]
-        dtype = torch.float32 if pred.device.type == "mps" else torch.float64
-        for i, mask in enumerate(region_masks(batch).values()):
-            keep = scored & mask
-            d = pred[keep].to(dtype).clamp(self.min_depth, self.max_depth)  # [P]
-            g = target[keep].to(dtype).clamp(self.min_depth, self.max_depth)  # [P]
-            ratio = torch.maximum(d / g, g / d)
-            sums = torch.stack([((d - g).abs() / g).sum(), (ratio < 1.25).sum().to(dtype)])
-            self._sums[i, :2] += sums.cpu().double()
-            self._sums[i, 2] += d.numel()
+        for region, mask in region_masks(batch).items():
+            valid = batch.valid.bool() & mask  # [B, H, W]
+            self.evaluators[region].update(pred, batch.depth, valid=valid, labeled=labeled)
 
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"sums": self._sums.clone()}
+    def state(self) -> dict[str, dict]:
+        return {r: e.state() for r, e in self.evaluators.items()}
 
-    def merge(self, state: dict[str, torch.Tensor]) -> None:
-        self._sums += state["sums"]
+    def merge(self, state: dict[str, dict]) -> None:
+        for region, evaluator in self.evaluators.items():
+            evaluator.merge(state[region])
 
     def compute(self) -> dict[str, float]:
-        total = float(self._sums[:, 2].sum())
+        total = sum(e.state()["count"] for e in self.evaluators.values())
         out = {}
-        for (abs_rel, close, count), region in zip(self._sums.tolist(), DEPTH_REGIONS, strict=True):
-            out[f"depth_{region}/share"] = count / total if total else math.nan
-            out[f"depth_{region}/abs_rel"] = abs_rel / count if count else math.nan
-            out[f"depth_{region}/delta1"] = close / count if count else math.nan
+        for region, evaluator in self.evaluators.items():
+            depth = evaluator.compute()
+            share = evaluator.state()["count"] / total if total else math.nan
+            out[f"depth_{region}/share"] = share
+            out[f"depth_{region}/abs_rel"] = depth["depth/abs_rel"]
+            out[f"depth_{region}/delta1"] = depth["depth/delta1"]
         return out
