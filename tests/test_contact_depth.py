@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -13,7 +14,11 @@ from torch import nn
 from perception.data.synthetic.scene import CLASSES
 from perception.errors import PerceptionError
 from perception.ops.camera import depth_scale
-from perception.training.contact_depth import contact_depth, pseudo_label_contact_depth
+from perception.training.contact_depth import (
+    add_contact_loss,
+    contact_depth,
+    pseudo_label_contact_depth,
+)
 from perception.training.module import PerceptionModule
 
 H, W = 20, 30
@@ -33,6 +38,7 @@ def test_a_box_core_gets_the_depth_of_the_ground_below_it() -> None:
     label = contact_depth(ground(), torch.tensor([NEAR_BOX]), everywhere())
     expected = torch.zeros((H, W))
     expected[7:12, 10:14] = ground()[13, 0]  # the median of ground rows 12, 13 and 14
+    expected[12:15, 10:14] = ground()[12:15, 10:14]  # the strip keeps the teacher's depth
     assert torch.equal(label, expected)
 
 
@@ -42,7 +48,10 @@ def test_nearer_boxes_paint_over_farther_ones() -> None:
     assert label[7, 10:14].tolist() == pytest.approx([100.0 / 14] * 4)  # both cores: nearer
     assert label[7, 9].item() == pytest.approx(10.0) and label[4, 14].item() == pytest.approx(10.0)
     assert label[11, 10].item() == pytest.approx(100.0 / 14)
-    assert int((label > 0).sum()) == 4 * 6 + 5 * 4 - 4  # the union of the two cores
+    assert label[8, 9].item() == ground()[8, 9].item()  # the far strip, where no core is
+    assert label[8, 10].item() == pytest.approx(100.0 / 14)  # under the near core: the core
+    cores, strips = 4 * 6 + 5 * 4 - 4, 3 * 4 + 3 * 2  # unions, less what cores cover
+    assert int((label > 0).sum()) == cores + strips
 
 
 def test_a_box_without_visible_ground_contact_gets_nothing() -> None:
@@ -143,3 +152,23 @@ def test_contact_labels_are_a_loss_term_of_their_own(partial_sets) -> None:
 def test_contact_labels_need_the_ema() -> None:
     with pytest.raises(PerceptionError, match="box_depth_pseudo needs the EMA"):
         PerceptionModule(list(CLASSES), PARTIAL_SIZE, ema_decay=0, box_depth_pseudo=0.5)
+
+
+def test_the_contact_term_ignores_the_teacher_scale(partial_sets) -> None:
+    """A teacher whose depths are all off by one factor gives the same loss: the term
+    teaches depth relative to the ground, so a teacher's scale error cannot drift the
+    student's metric scale."""
+    batch = one_batch(*partial_sets)
+    contact = pseudo_label_contact_depth(DepthTeacher(5.0), batch.images.float() / 255, batch, 0)
+    far = dataclasses.replace(contact, depth=contact.depth * 3.0)
+    torch.manual_seed(0)
+    depth_log = torch.randn((len(batch), 1, *PARTIAL_SIZE))
+    zero = torch.zeros(())
+    parts = {"weight_depth": torch.tensor(2.0)}
+    near_total, near_parts = add_contact_loss(zero, parts, depth_log, contact, 0.5)
+    far_total, _ = add_contact_loss(zero, parts, depth_log, far, 0.5)
+    assert near_parts["depth_contact"] > 0
+    assert torch.allclose(near_total, 0.5 * 2.0 * near_parts["depth_contact"])
+    assert torch.allclose(near_total, far_total, atol=1e-5)
+    shifted, _ = add_contact_loss(zero, parts, depth_log + 0.7, contact, 0.5)  # the student's
+    assert torch.allclose(near_total, shifted, atol=1e-5)  # own scale is free too

@@ -40,7 +40,7 @@ STRIP_ROWS = 3.0  # ground rows read just below the bottom edge
 
 
 def contact_depth(depth: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Depth labels for the cores of ``boxes`` from the ground just below them.
+    """Depth labels for ``boxes`` and the ground just below them.
 
     Args:
         depth: ``[H, W]`` the teacher's depth in metres.
@@ -48,7 +48,9 @@ def contact_depth(depth: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor)
         valid: ``[H, W]`` bool, False on padding.
 
     Returns:
-        ``[H, W]`` float32 metres over the box cores, 0 elsewhere (0 = no label).
+        ``[H, W]`` float32 metres, 0 where there is no label: each box's core holds the
+        median depth of its ground strip, and the strip keeps the teacher's own depth (the
+        ground the core is compared with). Cores paint over strips, nearer over farther.
     """
     h, w = depth.shape
     label = torch.zeros((h, w), dtype=torch.float32, device=depth.device)
@@ -65,6 +67,7 @@ def contact_depth(depth: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor)
     seen = z.isfinite() & (z > 0)
     if not bool(seen.any()):
         return label
+    label = torch.where(ground[seen].any(0) & (depth > 0), depth.float(), label)  # the strips
     cores = box_masks(core[seen], h, w) & valid  # [M', H, W]
     nearest = torch.where(cores, z[seen][:, None, None], torch.inf).amin(0)  # [H, W]
     return torch.where(nearest.isfinite(), nearest, label)
@@ -109,29 +112,34 @@ def pseudo_label_contact_depth(
     return dataclasses.replace(batch, depth=depth, has_depth=has_depth)
 
 
+# Object depth relative to the ground below it, not the metric scale: a per-image shift of
+# log depth costs nothing (SILog with lambda = 1), so a teacher whose scale is slightly off
+# cannot pass that error on, and round by round drift the student's scale with its own.
+RELATIVE_DEPTH = DepthLoss(silog_lambda=1.0, grad_weight=0.0)
+
+
 def add_contact_loss(
     total: torch.Tensor,
     parts: dict[str, torch.Tensor],
-    depth_loss: DepthLoss,
     depth_log: torch.Tensor,
     contact: Batch,
     weight: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``total`` plus the depth loss of the contact labels, and ``parts`` with it as
+    """``total`` plus the loss of the contact labels, and ``parts`` with it as
     ``depth_contact``.
 
-    The term is kept apart from the depth task's loss, whose mean over the depth-labeled
-    images would otherwise count each contact-labeled image as much as a real one and so
-    shrink the real labels' share. It is scaled like the depth task (its combiner weight,
-    ``parts["weight_depth"]``, detached) times ``weight``.
+    The loss is scale-invariant (``RELATIVE_DEPTH``): it teaches where an object lies
+    relative to the ground it stands on. It is kept apart from the depth task's loss, whose
+    mean over the depth-labeled images would otherwise count each contact-labeled image as
+    much as a real one and so shrink the real labels' share, and it is scaled like the
+    depth task (its combiner weight, ``parts["weight_depth"]``, detached) times ``weight``.
 
     Args:
         total, parts: the multi-task loss of the batch (``losses.multitask``).
-        depth_loss: the depth task's loss.
         depth_log: ``[B, 1, h, w]`` the model's depth output for the batch.
         contact: ``pseudo_label_contact_depth``'s labels for the batch.
         weight: the contact term's weight relative to the depth task.
     """
-    term = depth_loss(depth_log, contact.depth, contact.valid, contact.has_depth, contact.camera)
-    total = total + weight * parts["weight_depth"].detach() * term.total
-    return total, {**parts, "depth_contact": term.total}
+    term = RELATIVE_DEPTH(depth_log, contact.depth, contact.valid, contact.has_depth).total
+    total = total + weight * parts["weight_depth"].detach() * term
+    return total, {**parts, "depth_contact": term}

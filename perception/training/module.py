@@ -255,10 +255,8 @@ class PerceptionModule(L.LightningModule):
         outputs = self.model(images)
         total, parts = self.loss(outputs, batch, *self.points(images))
         if contact is not None:
-            weight, depth_log = self.hparams.box_depth_pseudo, outputs.depth_log
-            total, parts = add_contact_loss(
-                total, parts, self.loss.depth, depth_log, contact, weight
-            )
+            weight = self.hparams.box_depth_pseudo
+            total, parts = add_contact_loss(total, parts, outputs.depth_log, contact, weight)
         self._step_ids = list(batch.ids)
         bad = nonfinite_terms(total, parts)
         if self._any_rank(bool(bad)):
