@@ -35,33 +35,37 @@ def everywhere() -> torch.Tensor:
 
 
 def test_a_box_core_gets_the_depth_of_the_ground_below_it() -> None:
-    label = contact_depth(ground(), torch.tensor([NEAR_BOX]), everywhere())
+    cores, strips = contact_depth(ground(), torch.tensor([NEAR_BOX]), everywhere())
     expected = torch.zeros((H, W))
     expected[7:12, 10:14] = ground()[13, 0]  # the median of ground rows 12, 13 and 14
-    expected[12:15, 10:14] = ground()[12:15, 10:14]  # the strip keeps the teacher's depth
-    assert torch.equal(label, expected)
+    assert torch.equal(cores, expected)
+    assert strips.nonzero().tolist() == [[r, c] for r in (12, 13, 14) for c in (10, 11, 12, 13)]
 
 
 def test_nearer_boxes_paint_over_farther_ones() -> None:
     far = [6.0, 2.0, 18.0, 8.0]  # ground rows 8-10: 10 m; core columns 9-14, rows 4-7
-    label = contact_depth(ground(), torch.tensor([NEAR_BOX, far]), everywhere())
+    label, strips = contact_depth(ground(), torch.tensor([NEAR_BOX, far]), everywhere())
     assert label[7, 10:14].tolist() == pytest.approx([100.0 / 14] * 4)  # both cores: nearer
     assert label[7, 9].item() == pytest.approx(10.0) and label[4, 14].item() == pytest.approx(10.0)
     assert label[11, 10].item() == pytest.approx(100.0 / 14)
-    assert label[8, 9].item() == ground()[8, 9].item()  # the far strip, where no core is
-    assert label[8, 10].item() == pytest.approx(100.0 / 14)  # under the near core: the core
-    cores, strips = 4 * 6 + 5 * 4 - 4, 3 * 4 + 3 * 2  # unions, less what cores cover
-    assert int((label > 0).sum()) == cores + strips
+    assert int((label > 0).sum()) == 4 * 6 + 5 * 4 - 4  # the union of the two cores
+    assert strips[8, 9] and strips[8, 14] and not strips[8, 10]  # the far strip, not under
+    assert int(strips.sum()) == 3 * 2 + 3 * 4  # the near core; the near strip: all of it
 
 
 def test_a_box_without_visible_ground_contact_gets_nothing() -> None:
     on_border = torch.tensor([[8.0, 10.0, 16.0, 20.0]])  # the bottom edge is the image's
-    assert not contact_depth(ground(), on_border, everywhere()).any()
     padded = everywhere()
     padded[12:] = False  # the ground strip lies in the padding
-    assert not contact_depth(ground(), torch.tensor([NEAR_BOX]), padded).any()
-    no_boxes = torch.zeros((0, 4))
-    assert not contact_depth(ground(), no_boxes, everywhere()).any()
+    sky = ground()
+    sky[12:] = 0.0  # no depth under the box (a measured map: no return)
+    for cores, strips in (
+        contact_depth(ground(), on_border, everywhere()),
+        contact_depth(ground(), torch.tensor([NEAR_BOX]), padded),
+        contact_depth(sky, torch.tensor([NEAR_BOX]), everywhere()),
+        contact_depth(ground(), torch.zeros((0, 4)), everywhere()),
+    ):
+        assert not cores.any() and not strips.any()
 
 
 class DepthTeacher(nn.Module):
@@ -94,7 +98,8 @@ def test_depthless_rows_get_contact_labels_and_depth_rows_none(partial_sets) -> 
     scale = depth_scale(batch.camera, 500.0)  # [B] canonical -> metric
     for row in (0, 1):
         metres = torch.full(PARTIAL_SIZE, 5.0 * float(scale[row]))
-        expected = contact_depth(metres, batch.boxes[row], batch.valid[row])
+        cores, strips = contact_depth(metres, batch.boxes[row], batch.valid[row])
+        expected = torch.where(strips, metres, cores)  # strips: the teacher's own depth
         assert torch.allclose(contact.depth[row], expected)
         assert contact.has_depth[row].item() == bool(expected.any())
     assert contact.has_depth.any()

@@ -39,8 +39,10 @@ CORE_TOP = 0.4  # the core runs from 40 % of the box height down to its bottom e
 STRIP_ROWS = 3.0  # ground rows read just below the bottom edge
 
 
-def contact_depth(depth: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Depth labels for ``boxes`` and the ground just below them.
+def contact_depth(
+    depth: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depth labels for the cores of ``boxes`` from the ground just below them.
 
     Args:
         depth: ``[H, W]`` the teacher's depth in metres.
@@ -48,29 +50,30 @@ def contact_depth(depth: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor)
         valid: ``[H, W]`` bool, False on padding.
 
     Returns:
-        ``[H, W]`` float32 metres, 0 where there is no label: each box's core holds the
-        median depth of its ground strip, and the strip keeps the teacher's own depth (the
-        ground the core is compared with). Cores paint over strips, nearer over farther.
+        ``(cores, strips)``: ``[H, W]`` float32 metres over the box cores, each the median
+        depth of its ground strip (nearer boxes over farther ones), 0 elsewhere; and the
+        ``[H, W]`` bool ground strips that were read, outside the cores.
     """
     h, w = depth.shape
-    label = torch.zeros((h, w), dtype=torch.float32, device=depth.device)
+    cores = torch.zeros((h, w), dtype=torch.float32, device=depth.device)
+    strips = torch.zeros((h, w), dtype=torch.bool, device=depth.device)
     if len(boxes) == 0:
-        return label
+        return cores, strips
     x0, y0, x1, y1 = boxes.float().unbind(1)  # [M] each
     left = x0 + CORE_COLUMNS[0] * (x1 - x0)
     right = x0 + CORE_COLUMNS[1] * (x1 - x0)
     strip = torch.stack([left, y1, right, y1 + STRIP_ROWS], 1)  # [M, 4]
     core = torch.stack([left, y0 + CORE_TOP * (y1 - y0), right, y1], 1)  # [M, 4]
-    ground = box_masks(strip, h, w) & valid  # [M, H, W]
+    ground = box_masks(strip, h, w) & valid & (depth > 0)  # [M, H, W]
     values = torch.where(ground, depth.float(), torch.nan).flatten(1)  # [M, H*W]
     z = values.nanmedian(1).values  # [M], NaN where the strip is out of view
-    seen = z.isfinite() & (z > 0)
+    seen = z.isfinite()
     if not bool(seen.any()):
-        return label
-    label = torch.where(ground[seen].any(0) & (depth > 0), depth.float(), label)  # the strips
-    cores = box_masks(core[seen], h, w) & valid  # [M', H, W]
-    nearest = torch.where(cores, z[seen][:, None, None], torch.inf).amin(0)  # [H, W]
-    return torch.where(nearest.isfinite(), nearest, label)
+        return cores, strips
+    inside = box_masks(core[seen], h, w) & valid  # [M', H, W]
+    nearest = torch.where(inside, z[seen][:, None, None], torch.inf).amin(0)  # [H, W]
+    cores = torch.where(nearest.isfinite(), nearest, cores)
+    return cores, ground[seen].any(0) & (cores == 0)
 
 
 def pseudo_label_contact_depth(
@@ -86,7 +89,8 @@ def pseudo_label_contact_depth(
             teacher's output into metres with each image's camera.
 
     Returns:
-        A copy of ``batch`` whose ``depth`` holds only the contact labels and whose
+        A copy of ``batch`` whose ``depth`` holds only the contact labels (the box cores)
+        and the teacher's own depth of the ground strips below them, and whose
         ``has_depth`` flags only the images that got some; ``None`` when none did.
         ``batch`` itself is not modified.
     """
@@ -105,7 +109,8 @@ def pseudo_label_contact_depth(
     metres = depth_metres(depth_log, scale[where])[:, 0]  # [N, H, W]
     depth = torch.zeros_like(batch.depth)  # [B, H, W]
     for i, row in enumerate(where.tolist()):
-        depth[row] = contact_depth(metres[i], batch.boxes[row], batch.valid[row])
+        cores, strips = contact_depth(metres[i], batch.boxes[row], batch.valid[row])
+        depth[row] = torch.where(strips, metres[i], cores)  # the strips keep the teacher's
     has_depth = (depth > 0).flatten(1).any(1)  # [B]
     if not bool(has_depth.any()):
         return None
