@@ -16,7 +16,8 @@ from perception.cli import main
 from perception.data.datamodule import PerceptionDataModule
 from perception.data.synthetic.scene import CLASSES
 from perception.data.synthetic.writer import write_dataset
-from perception.training.module import PerceptionModule, combined_score
+from perception.evaluation.metrics import combined_score
+from perception.training.module import PerceptionModule
 from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
 
 SIZE = (96, 160)

@@ -306,3 +306,16 @@ class MetricsSuite:
             "num_images": self.num_images,
             **(self.regions.compute() if self.regions is not None else {}),
         }
+
+
+# The headline metric of each task for choosing the best checkpoint (``combined_score``).
+SCORE_KEYS = ("det/mAP50_95", "lane/iou", "drivable/miou", "depth/delta1")
+
+
+def combined_score(metrics: dict[str, float]) -> float:
+    """Mean of the headline metric of each evaluated task (all in [0, 1], higher better).
+
+    Picks the best checkpoint across tasks without letting one task's scale dominate.
+    """
+    values = [metrics[k] for k in SCORE_KEYS if k in metrics and not math.isnan(metrics[k])]
+    return float(sum(values) / len(values)) if values else 0.0

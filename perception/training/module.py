@@ -21,7 +21,7 @@ from perception.checkpoints import init_from
 from perception.data.synthetic.scene import CLASSES
 from perception.errors import PerceptionError
 from perception.evaluation.distributed import gather_suites
-from perception.evaluation.metrics import MetricsSuite
+from perception.evaluation.metrics import MetricsSuite, combined_score
 from perception.losses.multitask import LossConfig, build_combiner, build_loss
 from perception.models import ModelConfig, build_model
 from perception.ops.distributed import all_reduce_sum, world_size
@@ -43,17 +43,6 @@ T = TypeVar("T")
 # None) gives LightningCLI a nested ``model.net.*`` group that arguments can link to.
 DEFAULT_NET = ModelConfig()
 DEFAULT_LOSS = LossConfig()
-
-SCORE_KEYS = ("det/mAP50_95", "lane/iou", "drivable/miou", "depth/delta1")
-
-
-def combined_score(metrics: dict[str, float]) -> float:
-    """Mean of the headline metric of each evaluated task (all in [0, 1], higher better).
-
-    Picks the best checkpoint across tasks without letting one task's scale dominate.
-    """
-    values = [metrics[k] for k in SCORE_KEYS if k in metrics and not math.isnan(metrics[k])]
-    return float(sum(values) / len(values)) if values else 0.0
 
 
 def _dataclass(value: Any, cls: type[T], key: str) -> T:
