@@ -26,7 +26,6 @@ from perception.losses.multitask import LossConfig, build_combiner, build_loss
 from perception.models import ModelConfig, build_model
 from perception.ops.distributed import all_reduce_sum, world_size
 from perception.structures import TASKS, Batch, HeadOutputs
-from perception.training.contact_depth import add_contact_loss, pseudo_label_contact_depth
 from perception.training.ema import ModelEMA
 from perception.training.nonfinite import ACTIONS, describe, nonfinite_grads, nonfinite_terms
 from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
@@ -79,10 +78,6 @@ class PerceptionModule(L.LightningModule):
         seg_pseudo_start: optimizer step from which they are made (the EMA of the first
             steps is close to the random initialisation).
         seg_pseudo_channels: which of ``lane`` and ``drivable`` get pseudo-labels.
-        box_depth_pseudo: depth labels for the boxes of images without depth, read by the
-            EMA from the ground where each box stands (``training.contact_depth``): the
-            weight of their loss relative to the depth task's; 0 = off. Needs the EMA.
-        box_depth_start: optimizer step from which they are made.
         overlay_images: prediction overlays drawn at each validation (0 = off).
         init_weights: a release ``.safetensors`` or ``.ckpt`` to start from (fine-tuning at
             another input size or on other data; ``checkpoints.init_from``). Not a resume:
@@ -115,8 +110,6 @@ class PerceptionModule(L.LightningModule):
         seg_pseudo_labels: float = 0.0,
         seg_pseudo_start: int = 300,
         seg_pseudo_channels: Sequence[str] = ("lane", "drivable"),
-        box_depth_pseudo: float = 0.0,
-        box_depth_start: int = 300,
         overlay_images: int = 4,
         init_weights: str | None = None,
         untrained_tasks: Sequence[str] = (),
@@ -142,10 +135,8 @@ class PerceptionModule(L.LightningModule):
         check_threshold(seg_pseudo_labels)
         check_channels(seg_pseudo_channels)
         seg_pseudo_channels = list(seg_pseudo_channels)  # a plain list in the hyperparameters
-        taught = [n for n, on in (("seg_pseudo_labels", seg_pseudo_labels),
-                                  ("box_depth_pseudo", box_depth_pseudo)) if on]  # fmt: skip
-        if taught and ema_decay <= 0:
-            raise PerceptionError(f"model.{taught[0]} needs the EMA (model.ema_decay > 0)")
+        if seg_pseudo_labels and ema_decay <= 0:
+            raise PerceptionError("model.seg_pseudo_labels needs the EMA (model.ema_decay > 0)")
         class_names = list(class_names)  # plain values in the checkpoint (read by
         net = dataclasses.asdict(net_cfg)  # save_hyperparameters from these locals)
         loss = dataclasses.asdict(loss_cfg)
@@ -240,12 +231,8 @@ class PerceptionModule(L.LightningModule):
             return None
         images = self.float_images(batch)
         batch = self.pseudo_label(images, batch)
-        contact = self.contact_labels(images, batch)
         outputs = self.model(images)
         total, parts = self.loss(outputs, batch, *self.points(images))
-        if contact is not None:
-            weight = self.hparams.box_depth_pseudo
-            total, parts = add_contact_loss(total, parts, outputs.depth_log, contact, weight)
         self._step_ids = list(batch.ids)
         bad = nonfinite_terms(total, parts)
         if self._any_rank(bool(bad)):
@@ -268,22 +255,16 @@ class PerceptionModule(L.LightningModule):
         threshold = self.hparams.seg_pseudo_labels  # > 0 only with an EMA (``__init__``)
         if not threshold or self.global_step < self.hparams.seg_pseudo_start:
             return batch
-        fill = self.hparams.seg_pseudo_channels
         batch, rows = pseudo_label_segmentation(
-            self.ema.module, images, batch, threshold, self.model.num_seg, fill
+            self.ema.module,
+            images,
+            batch,
+            threshold,
+            self.model.num_seg,
+            self.hparams.seg_pseudo_channels,
         )
         self.log("train/pseudo_labeled", float(rows), batch_size=len(batch))
         return batch
-
-    def contact_labels(self, images: torch.Tensor, batch: Batch) -> Batch | None:
-        """The EMA's depth labels for the boxes of the images without depth
-        (``training.contact_depth``) once ``box_depth_start`` steps have passed; else None."""
-        if not self.hparams.box_depth_pseudo or self.global_step < self.hparams.box_depth_start:
-            return None
-        contact = pseudo_label_contact_depth(self.ema.module, images, batch, self.canonical_focal)
-        rows = 0.0 if contact is None else float(contact.has_depth.sum())
-        self.log("train/contact_depth_labeled", rows, batch_size=len(batch))
-        return contact
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         bad = nonfinite_grads(self.model)
