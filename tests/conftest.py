@@ -131,31 +131,3 @@ def tiny_model_section(**overrides: object) -> dict:
         "warmup_steps": 2,
         **overrides,
     }
-
-
-PARTIAL_SIZE = (64, 96)
-
-
-@pytest.fixture(scope="module")
-def partial_sets(tmp_path_factory) -> tuple[Path, Path]:
-    """A boxes-lanes-drivable set and a boxes-depth set of 2 synthetic images each."""
-    from perception.data.synthetic.writer import write_dataset
-
-    root = tmp_path_factory.mktemp("partial")
-    tasks = (["det", "lane", "drivable"], ["det", "depth"])
-    return tuple(
-        write_dataset(root / name, num=2, seed=seed, size=PARTIAL_SIZE, tasks=t)
-        for name, seed, t in zip("ab", (1, 2), tasks, strict=True)
-    )
-
-
-def one_batch(*roots: Path, size: tuple[int, int] = PARTIAL_SIZE):
-    """One ``Batch`` holding every sample of ``roots`` in order, unaugmented."""
-    from perception.data.collate import collate
-    from perception.data.datamodule import PerceptionDataModule
-    from perception.data.synthetic.scene import CLASSES as SYNTH_CLASSES
-
-    data = PerceptionDataModule([str(r) for r in roots], list(SYNTH_CLASSES), image_size=size,
-                                batch_size=4, num_workers=0, augment=False)  # fmt: skip
-    data.setup("fit")
-    return collate([data.train_set[i] for i in range(len(data.train_set))])

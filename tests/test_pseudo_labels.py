@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import PARTIAL_SIZE, one_batch
 from torch import nn
 
+from perception.data.collate import collate
+from perception.data.datamodule import PerceptionDataModule
 from perception.data.synthetic.scene import CLASSES
+from perception.data.synthetic.writer import write_dataset
 from perception.data.transforms import IGNORE
 from perception.errors import PerceptionError
 from perception.training.module import PerceptionModule
 from perception.training.pseudo import confident_labels, pseudo_label_segmentation
 
-SIZE = PARTIAL_SIZE
+SIZE = (64, 96)
 NET = {"backbone": "resnet18", "neck_width": 16, "head_width": 16}
 
 
@@ -32,6 +35,23 @@ class FixedTeacher(nn.Module):
         return SimpleNamespace(seg_logits=self.logits.expand(len(images), -1, -1, -1))
 
 
+@pytest.fixture(scope="module")
+def partial_sets(tmp_path_factory) -> tuple[Path, Path]:
+    """A boxes-lanes-drivable set and a boxes-depth set of 2 images each."""
+    root = tmp_path_factory.mktemp("seg_pseudo")
+    road = write_dataset(root / "a", num=2, seed=1, size=SIZE, tasks=["det", "lane", "drivable"])
+    depth = write_dataset(root / "b", num=2, seed=2, size=SIZE, tasks=["det", "depth"])
+    return road, depth
+
+
+def _batch(*roots: Path):
+    """One batch holding every sample of ``roots`` in order, unaugmented."""
+    data = PerceptionDataModule([str(r) for r in roots], list(CLASSES), image_size=SIZE,
+                                batch_size=4, num_workers=0, augment=False)  # fmt: skip
+    data.setup("fit")
+    return collate([data.train_set[i] for i in range(len(data.train_set))])
+
+
 def test_only_confident_pixels_become_labels() -> None:
     prob = torch.tensor([[[0.95, 0.9, 0.5, 0.1, 0.05, 0.97]]])  # [1, 1, 6]
     valid = torch.tensor([[[True, True, True, True, True, False]]])
@@ -41,7 +61,7 @@ def test_only_confident_pixels_become_labels() -> None:
 
 
 def test_missing_rows_get_teacher_labels_and_labeled_rows_are_untouched(partial_sets) -> None:
-    batch = one_batch(*partial_sets)  # rows 0-1 road labels, rows 2-3 depth only
+    batch = _batch(*partial_sets)  # rows 0-1 road labels, rows 2-3 depth only
     assert batch.has_lane.tolist() == [True, True, False, False]
     h, w = SIZE
     lane = torch.full((h // 2, w // 2), -9.0)
@@ -75,7 +95,7 @@ def test_missing_rows_get_teacher_labels_and_labeled_rows_are_untouched(partial_
 
 
 def test_a_fully_labeled_batch_is_returned_as_is(partial_sets) -> None:
-    batch = one_batch(partial_sets[0])
+    batch = _batch(partial_sets[0])
     teacher = FixedTeacher(torch.zeros((2, SIZE[0], SIZE[1])))
     new, rows = pseudo_label_segmentation(teacher, batch.images.float() / 255, batch, 0.9)
     assert new is batch and rows == 0 and teacher.modes == []
@@ -84,7 +104,7 @@ def test_a_fully_labeled_batch_is_returned_as_is(partial_sets) -> None:
 def test_a_lane_only_model_fills_lanes_only(partial_sets) -> None:
     """Without a drivable channel, a lane-labeled image lacks nothing: no teacher call for
     it, not counted; a depth-only image gets lanes and still no drivable labels."""
-    batch = one_batch(*partial_sets)
+    batch = _batch(*partial_sets)
     batch.has_drivable[:] = False  # as a set without drivable labels would have it
     teacher = FixedTeacher(torch.full((1, SIZE[0], SIZE[1]), 9.0))  # one channel: lane
     new, rows = pseudo_label_segmentation(teacher, batch.images.float() / 255, batch, 0.9, 1)
@@ -92,7 +112,7 @@ def test_a_lane_only_model_fills_lanes_only(partial_sets) -> None:
     assert new.has_lane.tolist() == [True] * 4 and new.has_drivable.tolist() == [False] * 4
     assert torch.equal(new.drivable, batch.drivable)
     assert (new.lane[2:][batch.valid[2:]] == 1).all()
-    lane_only = one_batch(partial_sets[0])
+    lane_only = _batch(partial_sets[0])
     lane_only.has_drivable[:] = False
     same, rows = pseudo_label_segmentation(
         teacher, lane_only.images.float() / 255, lane_only, 0.9, 1
@@ -103,7 +123,7 @@ def test_a_lane_only_model_fills_lanes_only(partial_sets) -> None:
 def test_only_the_chosen_channels_are_filled(partial_sets) -> None:
     """``fill=("drivable",)``: depth-only images get drivable labels and keep no lane
     labels; a batch that lacks only lanes is returned as is."""
-    batch = one_batch(*partial_sets)
+    batch = _batch(*partial_sets)
     teacher = FixedTeacher(torch.full((2, SIZE[0], SIZE[1]), 9.0))
     images = batch.images.float() / 255
     new, rows = pseudo_label_segmentation(teacher, images, batch, 0.9, fill=("drivable",))
@@ -112,7 +132,7 @@ def test_only_the_chosen_channels_are_filled(partial_sets) -> None:
     assert new.has_lane.tolist() == [True, True, False, False]
     assert torch.equal(new.lane, batch.lane)
     assert (new.drivable[2:][batch.valid[2:]] == 1).all()
-    lane_missing = one_batch(partial_sets[0])
+    lane_missing = _batch(partial_sets[0])
     lane_missing.has_lane[:] = False
     same, rows = pseudo_label_segmentation(
         teacher, images[:2], lane_missing, 0.9, fill=("drivable",)
@@ -130,7 +150,7 @@ def _module(**kwargs) -> PerceptionModule:
 def test_the_training_step_trains_lanes_on_depth_only_images(partial_sets) -> None:
     """Depth-only images give the lane loss nothing without pseudo-labels, and a lane loss
     from the teacher's labels with them; before ``seg_pseudo_start`` nothing changes."""
-    batch = one_batch(partial_sets[1])  # depth only
+    batch = _batch(partial_sets[1])  # depth only
     parts = {}
     for name, kwargs in {
         "off": {},

@@ -24,7 +24,7 @@ from torch import nn
 from perception.data.transforms import IGNORE
 from perception.errors import PerceptionError
 from perception.losses.segmentation import CHANNELS
-from perception.structures import Batch, HeadOutputs
+from perception.structures import Batch
 
 
 def check_channels(fill: Sequence[str]) -> None:
@@ -57,29 +57,21 @@ def confident_labels(prob: torch.Tensor, valid: torch.Tensor, threshold: float) 
 
 
 @torch.no_grad()
-def teacher_outputs(teacher: nn.Module, images: torch.Tensor) -> HeadOutputs:
-    """``images`` ``[N, 3, H, W]`` -> the teacher's raw head outputs, without gradients.
-
-    Runs in eval mode (running BatchNorm statistics: a train-mode forward would move the
-    teacher's averages, and the statistics of a few images are noisy), then restores the
-    mode it found.
-    """
-    was_training = teacher.training
-    teacher.eval()
-    try:
-        return teacher(images)
-    finally:
-        teacher.train(was_training)
-
-
 def teacher_seg_prob(
     teacher: nn.Module, images: torch.Tensor, size: tuple[int, int]
 ) -> torch.Tensor:
     """``images`` ``[N, 3, H, W]`` -> the teacher's ``[N, S, *size]`` float probabilities.
 
-    Logits are resized bilinearly to the label size, as the loss does.
+    Runs in eval mode (running BatchNorm statistics: a train-mode forward would move the
+    teacher's averages, and the statistics of a few images are noisy), then restores the
+    mode it found. Logits are resized bilinearly to the label size, as the loss does.
     """
-    logits = teacher_outputs(teacher, images).seg_logits.float()  # [N, S, h, w]
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        logits = teacher(images).seg_logits.float()  # [N, S, h, w]
+    finally:
+        teacher.train(was_training)
     if logits.shape[-2:] != size:
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
     return logits.sigmoid()
