@@ -7,7 +7,9 @@ per-batch values. Everything is at network resolution; padding (``valid`` False)
 pixels (255) and samples not labeled for a task never count. A ratio whose denominator is
 zero (e.g. no labeled sample for a task, no lane pixel anywhere) is ``NaN``, not an error.
 
-Detection is COCO's own (``evaluation.coco``: faster-coco-eval), re-exported here.
+Detection is COCO's own (``evaluation.coco``: faster-coco-eval) and depth has its own
+module (``evaluation.depth``, which the per-region split also builds on); both are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from perception.evaluation.coco import (
     DetectionEvaluator,
     to_coco,
 )
+from perception.evaluation.depth import DepthEvaluator
+from perception.evaluation.regions import RegionDepthEvaluator
 from perception.ops.camera import depth_scale
 from perception.postprocess.dense import depth_metres, seg_probabilities
 from perception.postprocess.detection import postprocess_detections
@@ -128,68 +132,6 @@ class SegmentationEvaluator:
 
 
 # ----------------------------------------------------------------------------------- depth
-class DepthEvaluator:
-    """Metric depth errors (METRICS.md) over every valid ground-truth pixel of a split.
-
-    Prediction and ground truth are clamped to ``[min_depth, max_depth]`` metres; no
-    median scaling. Pixels count where ``target > 0``, ``valid`` and the sample is labeled.
-    """
-
-    _TERMS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")
-
-    def __init__(self, max_depth: float = 80.0, min_depth: float = 1e-3) -> None:
-        self.max_depth, self.min_depth = max_depth, min_depth
-        self.reset()
-
-    def reset(self) -> None:
-        self._sums = torch.zeros(len(self._TERMS), dtype=torch.float64)
-        self._count = 0
-
-    def update(
-        self,
-        pred: torch.Tensor,
-        target: torch.Tensor,
-        *,
-        valid: torch.Tensor,
-        labeled: torch.Tensor,
-    ) -> None:
-        """Add a batch: ``pred`` ``[B, 1, H, W]`` or ``[B, H, W]`` metres, ``target``
-        ``[B, H, W]`` metres (0 = no measurement), ``valid`` ``[B, H, W]``, ``labeled`` ``[B]``."""
-        pred = pred.reshape(target.shape)  # [B, 1, H, W] -> [B, H, W]
-        mask = (target > 0) & valid.bool() & labeled.bool()[:, None, None]  # [B, H, W]
-        dtype = torch.float32 if pred.device.type == "mps" else torch.float64
-        d = pred[mask].to(dtype).clamp(self.min_depth, self.max_depth)  # [P]
-        g = target[mask].to(dtype).clamp(self.min_depth, self.max_depth)  # [P]
-        ratio = torch.maximum(d / g, g / d)
-        sums = torch.stack(
-            [
-                ((d - g).abs() / g).sum(),
-                ((d - g) ** 2 / g).sum(),
-                ((d - g) ** 2).sum(),
-                ((d.log() - g.log()) ** 2).sum(),
-                *[(ratio < 1.25**k).sum().to(dtype) for k in (1, 2, 3)],
-            ]
-        )
-        self._sums += sums.cpu().double()
-        self._count += int(d.numel())
-
-    def state(self) -> dict[str, torch.Tensor | int]:
-        """The sum states (error sums, pixel count): merged across processes by adding."""
-        return {"sums": self._sums.clone(), "count": self._count}
-
-    def merge(self, state: dict[str, torch.Tensor | int]) -> None:
-        self._sums += state["sums"]
-        self._count += int(state["count"])
-
-    def compute(self) -> dict[str, float]:
-        if self._count == 0:
-            return {f"depth/{name}": math.nan for name in self._TERMS}
-        mean = dict(zip(self._TERMS, (self._sums / self._count).tolist(), strict=True))
-        for name in ("rmse", "rmse_log"):
-            mean[name] = math.sqrt(mean[name])
-        return {f"depth/{name}": mean[name] for name in self._TERMS}
-
-
 # ----------------------------------------------------------------------------------- suite
 class MetricsSuite:
     """All SPEC metric keys from raw ``HeadOutputs`` and their ``Batch``.
@@ -216,11 +158,7 @@ class MetricsSuite:
         self.detection = DetectionEvaluator(max_dets=max_dets)
         self.segmentation = SegmentationEvaluator(threshold=seg_threshold)
         self.depth = DepthEvaluator(max_depth=max_depth, min_depth=min_depth)
-        self.regions = None
-        if depth_regions:  # imported here: regions builds on DepthEvaluator above
-            from perception.evaluation.regions import RegionDepthEvaluator
-
-            self.regions = RegionDepthEvaluator(max_depth, min_depth)
+        self.regions = RegionDepthEvaluator(max_depth, min_depth) if depth_regions else None
         self.num_images = 0
 
     def reset(self) -> None:

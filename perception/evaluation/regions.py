@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from perception.evaluation.metrics import DepthEvaluator
+from perception.evaluation.depth import DepthEvaluator
 from perception.structures import Batch
 
 DEPTH_REGIONS: tuple[str, ...] = ("road", "objects", "rest")
@@ -74,12 +74,12 @@ class RegionDepthEvaluator:
             evaluator.merge(state[region])
 
     def compute(self) -> dict[str, float]:
-        total = sum(e.state()["count"] for e in self.evaluators.values())
+        counts = {r: e.state()["count"] for r, e in self.evaluators.items()}
+        total = sum(counts.values())
         out = {}
         for region, evaluator in self.evaluators.items():
             depth = evaluator.compute()
-            share = evaluator.state()["count"] / total if total else math.nan
-            out[f"depth_{region}/share"] = share
+            out[f"depth_{region}/share"] = counts[region] / total if total else math.nan
             out[f"depth_{region}/abs_rel"] = depth["depth/abs_rel"]
             out[f"depth_{region}/delta1"] = depth["depth/delta1"]
         return out
