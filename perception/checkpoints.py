@@ -143,8 +143,9 @@ def _check_fits(path: Path, ours: dict[str, torch.Tensor], weights: dict[str, to
 
 
 # fields that may differ between a model and the file it starts from: the class list
-# (its head is re-initialised), where pretrained weights came from, the default camera
-_FINE_TUNABLE = {"num_classes", "pretrained", "default_hfov"}
+# (its head is re-initialised), where pretrained weights came from, the default camera,
+# and where the dense decoders refine (same tensors, run at another resolution)
+_FINE_TUNABLE = {"num_classes", "pretrained", "default_hfov", "dense_refine_stride"}
 
 
 def init_from(model: MultiTaskModel, config: ModelConfig, path: str | os.PathLike) -> list[str]:

@@ -243,3 +243,37 @@ def test_channels_last(resnet18: MultiTaskModel) -> None:
     model.to(memory_format=torch.contiguous_format)
     check_shapes(model, out, 1, H, W)
     assert math.isfinite(out.depth_log.sum().item())
+
+
+def test_half_resolution_refine_keeps_the_tensors_and_the_output_size() -> None:
+    """``dense_refine_stride: 2`` runs the decoders' 3x3 refine at H/2 x W/2 and upsamples
+    only the raw outputs: same tensors (a release fine-tunes into it), full-size outputs,
+    and the outputs are the refine-at-half-resolution result upsampled (not stride 1's)."""
+    full, half = small_model(), small_model(dense_refine_stride=2)
+    assert {k: v.shape for k, v in full.state_dict().items()} == {
+        k: v.shape for k, v in half.state_dict().items()
+    }
+    half.load_state_dict(full.state_dict())
+    full.eval(), half.eval()
+    seen = []
+    hook = half.lane.refine.register_forward_hook(lambda m, i, o: seen.append(o.shape[-2:]))
+    x = torch.rand(1, 3, H, W)
+    with torch.no_grad():
+        out_full, out_half = full(x), half(x)
+    hook.remove()
+    check_shapes(half, out_half, 1, H, W)
+    assert seen == [(H // 2, W // 2)]
+    assert not torch.allclose(out_full.depth_log, out_half.depth_log)  # the knob does act
+    with torch.no_grad():  # the same decoder by hand: refine at H/2, then only outputs x2
+        dense, _ = half.neck(half.backbone((x - half.mean) / half.std))
+        d = half.depth
+        mid = torch.nn.functional.interpolate(
+            d.squeeze(d.task(dense)), scale_factor=float(d.scale // 2), mode="bilinear"
+        )
+        want = torch.nn.functional.interpolate(
+            d.out(d.refine(mid)), scale_factor=2.0, mode="bilinear"
+        )
+    assert torch.allclose(out_half.depth_log, want, atol=1e-5)
+    for bad in (3, 0, True):
+        with pytest.raises(PerceptionError, match="dense_refine_stride must be 1 or 2"):
+            ModelConfig(dense_refine_stride=bad)

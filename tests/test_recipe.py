@@ -153,6 +153,10 @@ def test_init_weights_starts_from_a_release_and_refuses_another_architecture(
         for k, v in model.state_dict().items():
             assert torch.equal(v, source[k]), k
 
+    half = module(TINY_RELEASE_CLASSES, dense_refine_stride=2)  # the decoders refine at H/2
+    assert half.model.lane.refine_stride == 2
+    assert all(torch.equal(v, source[k]) for k, v in half.model.state_dict().items())
+
     other = module(["car", "pedestrian"])  # a new class list: only the class logits start afresh
     state = other.model.state_dict()
     fresh = [k for k, v in state.items() if v.shape != source[k].shape]

@@ -105,8 +105,13 @@ class DenseDecoder(nn.Module):
     """Low-resolution features to full-resolution per-pixel outputs, cheaply.
 
     All the width stays at the input stride; only a narrow ``mid``-channel map is upsampled,
-    so the full-resolution part is one light 3x3 conv and a 1x1 projection (a 384x640 input
-    pays ~0.6 GMAC there instead of several GMAC for a wide full-res conv).
+    so the part near full resolution is one light 3x3 conv and a 1x1 projection (a 384x640
+    input pays ~0.6 GMAC there instead of several GMAC for a wide full-res conv).
+
+    ``refine_stride`` is where that light part runs: 1 = at full resolution; 2 = at half
+    resolution, after which only the ``out_channels`` raw outputs are upsampled the last
+    2x (bilinear). At 2 the refine conv, its activation and the 16-channel upsample touch a
+    quarter of the pixels, which on a CPU is a sizeable share of the whole network's time.
 
     ``[B, in_channels, H/scale, W/scale] -> [B, out_channels, H, W]`` raw values.
     """
@@ -119,11 +124,18 @@ class DenseDecoder(nn.Module):
         scale: int,
         width: int,
         mid: int = 16,
+        refine_stride: int = 1,
         act: str = "silu",
         norm: str = "batch",
     ) -> None:
         super().__init__()
+        if refine_stride not in (1, 2) or scale % refine_stride:
+            raise PerceptionError(
+                f"refine_stride must be 1 or 2 and divide the input stride {scale}, "
+                f"got {refine_stride!r}"
+            )
         self.scale = int(scale)
+        self.refine_stride = int(refine_stride)
         self.task = ConvNormAct(in_channels, width, 3, act=act, norm=norm)
         self.squeeze = ConvNormAct(width, mid, 1, act=act, norm=norm)
         self.refine = ConvNormAct(mid, mid, 3, act=act, norm=norm)
@@ -131,6 +143,12 @@ class DenseDecoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, h, w]`` features -> ``[B, out_channels, h*scale, w*scale]``."""
-        x = self.squeeze(self.task(x))
-        x = F.interpolate(x, scale_factor=float(self.scale), mode="bilinear", align_corners=False)
-        return self.out(self.refine(x))
+        x = self.squeeze(self.task(x))  # [B, mid, h, w]
+        up = float(self.scale // self.refine_stride)
+        x = F.interpolate(x, scale_factor=up, mode="bilinear", align_corners=False)
+        x = self.out(self.refine(x))  # [B, out, H / refine_stride, W / refine_stride]
+        if self.refine_stride > 1:
+            x = F.interpolate(
+                x, scale_factor=float(self.refine_stride), mode="bilinear", align_corners=False
+            )
+        return x

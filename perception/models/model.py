@@ -42,6 +42,9 @@ class ModelConfig:
         drivable: add the drivable-area channel to the segmentation head (S = 2, else 1).
         neck_width, neck_depth: channels of all neck maps; 3x3 convs per merge block.
         head_width, head_depth: channels of the heads; 3x3 layers per detection branch.
+        dense_refine_stride: where the lane and depth decoders' last 3x3 conv runs: 1 at
+            full resolution, 2 at half resolution with only the outputs upsampled the last
+            2x (cheaper on a CPU; ``layers.DenseDecoder``).
         act: activation name (relu, leaky_relu, prelu, elu, gelu, silu).
         norm: normalisation name (batch, group, none).
         canonical_focal: focal length in network pixels of the canonical camera the depth
@@ -58,6 +61,7 @@ class ModelConfig:
     neck_depth: int = 1
     head_width: int = 96
     head_depth: int = 2
+    dense_refine_stride: int = 1
     act: str = "silu"
     norm: str = "batch"
     canonical_focal: float = 500.0
@@ -69,6 +73,11 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise PerceptionError(f"model config: {name} must be a positive int, got {value!r}")
+        stride = self.dense_refine_stride
+        if isinstance(stride, bool) or stride not in (1, 2):
+            raise PerceptionError(
+                f"model config: dense_refine_stride must be 1 or 2, got {stride!r}"
+            )
         check_act(self.act)
         if is_plain(self.backbone):
             parse_plain(self.backbone)
@@ -180,6 +189,7 @@ def build_model(cfg: ModelConfig) -> MultiTaskModel:
         **layer,
     )
     head = {"width": cfg.head_width, **layer}
+    dense = {"scale": neck.dense_stride, "refine_stride": cfg.dense_refine_stride, **head}
     return MultiTaskModel(
         backbone,
         neck,
@@ -190,7 +200,7 @@ def build_model(cfg: ModelConfig) -> MultiTaskModel:
             depth=cfg.head_depth,
             **head,
         ),
-        LaneHead(neck.out_channels, scale=neck.dense_stride, drivable=cfg.drivable, **head),
-        DepthHead(neck.out_channels, scale=neck.dense_stride, **head),
+        LaneHead(neck.out_channels, drivable=cfg.drivable, **dense),
+        DepthHead(neck.out_channels, **dense),
         canonical_focal=cfg.canonical_focal,
     )

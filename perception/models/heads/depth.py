@@ -24,9 +24,18 @@ class DepthHead(DenseDecoder):
         *,
         scale: int,
         width: int = 96,
+        refine_stride: int = 1,
         act: str = "silu",
         norm: str = "batch",
     ) -> None:
-        super().__init__(in_channels, 1, scale=scale, width=width, act=act, norm=norm)
+        super().__init__(
+            in_channels,
+            1,
+            scale=scale,
+            width=width,
+            refine_stride=refine_stride,
+            act=act,
+            norm=norm,
+        )
         nn.init.normal_(self.out.weight, std=0.01)
         nn.init.constant_(self.out.bias, math.log(INIT_DEPTH_M))

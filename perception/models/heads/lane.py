@@ -25,11 +25,20 @@ class LaneHead(DenseDecoder):
         scale: int,
         width: int = 96,
         drivable: bool = True,
+        refine_stride: int = 1,
         act: str = "silu",
         norm: str = "batch",
     ) -> None:
         num_outputs = 2 if drivable else 1
-        super().__init__(in_channels, num_outputs, scale=scale, width=width, act=act, norm=norm)
+        super().__init__(
+            in_channels,
+            num_outputs,
+            scale=scale,
+            width=width,
+            refine_stride=refine_stride,
+            act=act,
+            norm=norm,
+        )
         self.num_outputs = num_outputs
         nn.init.constant_(self.out.bias, 0.0)  # drivable starts at p = 0.5
         nn.init.constant_(self.out.bias[:1], -math.log((1.0 - LANE_PRIOR) / LANE_PRIOR))
