@@ -256,8 +256,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "--rounds",
         type=int,
         default=0,
-        help="with --peer: also time ours and the peer eager at batch 1 in this many "
-        "alternating rounds (the median ratio holds on a busy machine)",
+        help="also time ours and the --peer eager, and onnxruntime fp32 and INT8, at batch 1 "
+        "in this many alternating rounds (the median ratio holds on a busy machine)",
     )
     add_compile_arg(
         p,

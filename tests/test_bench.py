@@ -26,7 +26,8 @@ def test_bench_times_every_runtime_and_scores_each(
     out = tmp_path / "bench.json"
     args = ["bench", "--weights", str(weights), "--iters", "2", "--batch", "2", "--data",
             str(data), "--train-steps", "2", "--workers", "0", "--json", str(out),
-            "--int8", "qdq:conv,qoperator:all", "--frame", "48x80"]  # fmt: skip
+            "--int8", "qdq:conv,qoperator:all", "--frame", "48x80",
+            "--rounds", "2"]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| torch eager fp32 | cpu | 1 |" in printed and "ratios:" in printed
@@ -50,7 +51,14 @@ def test_bench_times_every_runtime_and_scores_each(
         assert rows[("torch eager bf16", 1)]["metrics"]["num_images"] == 6
         assert report["ratios"]["torch_bf16_vs_torch_fp32"] > 0
         assert report["ratios"]["predictor_torch_bf16_vs_predictor_ort"] > 0
-    assert "targets:\n- INT8 >= 2x onnxruntime fp32: " in printed
+    # with --rounds and no peer: fp32 against the first INT8 setting given, alternating
+    alt = report["int8_rounds"]
+    assert alt["setting"] == "qdq:conv" and len(alt["fp32_ms"]) == len(alt["int8_ms"]) == 2
+    per_round = [round(a / b, 2) for a, b in zip(alt["fp32_ms"], alt["int8_ms"], strict=True)]
+    assert alt["fp32_over_int8"] == per_round
+    assert report["ratios"]["ort_int8_vs_ort_fp32_rounds"] == alt["median"]
+    assert "int8 qdq:conv: fp32/int8 per round" in printed
+    assert "- INT8 >= 2x onnxruntime fp32 (median of alternating rounds): " in printed
     assert set(report["ratios"]) >= {
         "ort_fp32_vs_torch_fp32",
         "ort_int8_vs_ort_fp32",
@@ -175,11 +183,30 @@ def test_rounds_swap_which_network_goes_first(monkeypatch: pytest.MonkeyPatch) -
         assert out[precision]["peer_over_ours"] == [1.5] * 4
 
 
-def test_rounds_need_a_peer() -> None:
+def test_int8_rounds_alternate_fp32_and_int8(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two exports swap places every round, like two networks do."""
+    from perception.benchmark import run as bench_run
+    from perception.benchmark.speed import Row
+
+    order = []
+
+    def fake_onnx(path, size, batch, variant, threads, iters):
+        order.append(path)
+        return Row(variant, "cpu", 1, 5.0 if path == "fp32.onnx" else 2.0, 5.0, 1.0)
+
+    monkeypatch.setattr(bench_run, "onnx_inference", fake_onnx)
+    files = {"onnxruntime fp32": "fp32.onnx", "onnxruntime int8 qdq:all": "int8.onnx"}
+    out = bench_run.int8_rounds(files, "qdq:all", (8, 8), 3, 2, None)
+    assert order == ["fp32.onnx", "int8.onnx", "int8.onnx", "fp32.onnx", "fp32.onnx", "int8.onnx"]
+    assert out["fp32_over_int8"] == [2.5] * 3 and out["median"] == 2.5
+
+
+def test_rounds_need_a_peer_or_int8_rows() -> None:
     from perception.benchmark import run_bench
 
-    with pytest.raises(PerceptionError, match="needs a peer"):
-        run_bench("any.safetensors", rounds=3)
+    for kwargs in ({}, {"calib": "some/dir", "onnx": False}):
+        with pytest.raises(PerceptionError, match="needs a peer or INT8 rows"):
+            run_bench("any.safetensors", rounds=3, **kwargs)
 
 
 def test_a_peer_that_cannot_take_the_input_is_named() -> None:

@@ -58,6 +58,7 @@ def test_gpu_targets_read_latency_throughput_and_training() -> None:
 def test_cpu_targets_against_a_peer_prefer_the_alternating_rounds() -> None:
     rows = [
         {**_row("torch eager fp32", 1, 100.0), "device": "cpu"},
+        {**_row("onnxruntime fp32", 1, 100.0), "device": "cpu"},
         {**_row("onnxruntime int8 qdq:all", 1, 60.0), "device": "cpu"},
         {**_row("peer yolop torch eager fp32", 1, 110.0), "device": "cpu"},
     ]
@@ -74,7 +75,11 @@ def test_cpu_targets_against_a_peer_prefer_the_alternating_rounds() -> None:
         "yolop/ours 0.96",
         False,
     )
-    assert not any("one block" in name for name in got)
+    assert not any("one block" in name for name in got if "yolop" in name)
+    assert got["INT8 >= 2x onnxruntime fp32 (one block each)"] == ("1.67x", False)
+    report["ratios"]["ort_int8_vs_ort_fp32_rounds"] = 2.1  # INT8 alternating with fp32
+    got = {name: (value, met) for name, value, met in targets(report)}
+    assert got["INT8 >= 2x onnxruntime fp32 (median of alternating rounds)"] == ("2.10x", True)
 
 
 def test_doc_section_is_replaced_and_nothing_else_changes(tmp_path: Path) -> None:

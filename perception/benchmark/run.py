@@ -14,7 +14,8 @@ Rows, all at the weights' input size unless ``size`` is given:
   frame), against the model-only rows: what pre- and post-processing cost;
 - ``onnxruntime fp32``, ``fp16`` and ``int8 <format>:<ops>`` (static INT8 calibrated on
   ``calib``, one row per ``int8`` setting, ``export.quantize``) exports of the same
-  weights, CPU only;
+  weights, CPU only; with ``rounds``, fp32 and the default INT8 setting (or the first
+  one given) in that many alternating blocks (``int8_rounds``);
 - with ``train_steps``: training throughput model-only in fp32, fp32 channels_last and
   (on a GPU or a CPU with native bf16) bf16 channels_last, and end-to-end for the setting
   ``perception train`` picks by default, on ``data``.
@@ -27,10 +28,11 @@ dataset (``perception eval``'s metrics), so a speed-up is never read without its
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import statistics
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,7 @@ from perception.benchmark.speed import (
 )
 from perception.checkpoints import load_model
 from perception.errors import PerceptionError
-from perception.export.quantize import DEFAULT_INT8, int8_settings
+from perception.export.quantize import DEFAULT_INT8, int8_settings, parse_int8_setting
 from perception.inference.backends import check_compile_mode
 from perception.models.fold import fold_batchnorm
 from perception.training.precision import cpu_has_native_bf16
@@ -81,10 +83,15 @@ def run_bench(
     ``int8``: ``format:ops`` settings to quantize and time (``export.quantize``);
     ``frame``: the camera frame ``(H, W)`` of the end-to-end ``Predictor`` rows (None: none);
     ``compile``: a ``torch.compile`` mode for extra torch rows (None: eager only);
-    ``rounds``: alternating eager rounds of ours and the peer (``peer_rounds``; 0 = none)."""
+    ``rounds``: alternating rounds of ours and the peer eager (``peer_rounds``) and of
+    onnxruntime fp32 and INT8 (``int8_rounds``); 0 = none."""
     settings = int8_settings(int8)
-    if rounds < 0 or (rounds and peer is None):
-        raise PerceptionError(f"bench: rounds ({rounds}) must be >= 0 and needs a peer")
+    has_int8 = onnx and bool(calib or data) and bool(settings)
+    if rounds < 0 or (rounds and peer is None and not has_int8):
+        raise PerceptionError(
+            f"bench: rounds ({rounds}) must be >= 0 and needs a peer or INT8 rows "
+            "(onnxruntime on, with --calib or --data)"
+        )
     check_compile_mode(compile)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if threads:
@@ -98,6 +105,7 @@ def run_bench(
     rows = _torch_rows(folded, size, batch, dev, iters, compile=compile)
     costs = {"ours": _cost(loaded.model, size)}
     alternating: dict[str, Any] = {}
+    int8_alt: dict[str, Any] = {}
     if peer is not None:
         name, net = build_peer(peer)
         check_runs(peer, net, size)
@@ -118,6 +126,10 @@ def run_bench(
             onnx_rows, files = _onnx_rows(loaded, Path(tmp), size, batch, iters, calib, threads,
                                           settings)  # fmt: skip
             rows += onnx_rows
+            if rounds and has_int8:
+                setting = DEFAULT_INT8 if parse_int8_setting(DEFAULT_INT8) in settings else None
+                setting = setting or ":".join(settings[0])
+                int8_alt = int8_rounds(files, setting, size, rounds, iters, threads)
             if data is not None:
                 for row in onnx_rows:
                     if row.batch == 1:
@@ -131,8 +143,9 @@ def run_bench(
         "machine": describe_machine(dev, threads),
         "cost": costs,
         "rows": [asdict(r) for r in rows],
-        "ratios": ratios(rows) | round_ratios(alternating),
+        "ratios": ratios(rows) | round_ratios(alternating, int8_alt),
         **({"peer_rounds": alternating} if alternating else {}),
+        **({"int8_rounds": int8_alt} if int8_alt else {}),
     }
 
 
@@ -158,19 +171,53 @@ def peer_rounds(
     out = {}
     for precision in torch_precisions(dev):
         nets = {"ours": copy.deepcopy(ours), name: copy.deepcopy(peer)}
-        ms: dict[str, list[float]] = {key: [] for key in nets}
-        for i in range(rounds):
-            for key in list(nets)[:: 1 if i % 2 == 0 else -1]:
-                row = torch_inference(nets[key], size, 1, dev, precision, iters=iters)
-                ms[key].append(row.latency_ms)
-        ratio = [round(p / o, 2) for p, o in zip(ms[name], ms["ours"], strict=True)]
+        blocks = {
+            key: functools.partial(torch_inference, net, size, 1, dev, precision, iters=iters)
+            for key, net in nets.items()
+        }
+        ms = alternate(blocks, rounds)
         out[precision] = {
             "ours_ms": ms["ours"],
             f"{name}_ms": ms[name],
-            "peer_over_ours": ratio,
-            "median": round(statistics.median(ratio), 2),
+            **_median_ratio("peer_over_ours", ms[name], ms["ours"]),
         }
     return out
+
+
+def int8_rounds(
+    files: dict[str, Path], setting: str, size, rounds: int, iters: int, threads: int | None
+) -> dict[str, Any]:
+    """onnxruntime fp32 and the INT8 ``setting`` at batch 1 in alternating blocks, as
+    ``peer_rounds`` does for two networks: ``{"setting", "fp32_ms", "int8_ms",
+    "fp32_over_int8": per round, "median"}``. Two exports of one network are as close as
+    two networks, and one block each read 1.5x to 2.4x for the same pair."""
+    variants = {"fp32": "onnxruntime fp32", "int8": f"onnxruntime int8 {setting}"}
+    blocks = {
+        key: functools.partial(onnx_inference, files[v], size, 1, v, threads, iters=iters)
+        for key, v in variants.items()
+    }
+    ms = alternate(blocks, rounds)
+    return {
+        "setting": setting,
+        "fp32_ms": ms["fp32"],
+        "int8_ms": ms["int8"],
+        **_median_ratio("fp32_over_int8", ms["fp32"], ms["int8"]),
+    }
+
+
+def alternate(blocks: dict[str, Callable[[], Row]], rounds: int) -> dict[str, list[float]]:
+    """Each block's batch-1 latency (ms) per round; which block goes first swaps every
+    round, so that whatever following the other block does to a block falls on both."""
+    ms: dict[str, list[float]] = {key: [] for key in blocks}
+    for i in range(rounds):
+        for key in list(blocks)[:: 1 if i % 2 == 0 else -1]:
+            ms[key].append(blocks[key]().latency_ms)
+    return ms
+
+
+def _median_ratio(name: str, slow: list[float], fast: list[float]) -> dict[str, Any]:
+    ratio = [round(a / b, 2) for a, b in zip(slow, fast, strict=True)]
+    return {name: ratio, "median": round(statistics.median(ratio), 2)}
 
 
 def _torch_rows(
