@@ -195,8 +195,7 @@ def test_int8_rounds_alternate_fp32_and_int8(monkeypatch: pytest.MonkeyPatch) ->
         return Row(variant, "cpu", 1, 5.0 if path == "fp32.onnx" else 2.0, 5.0, 1.0)
 
     monkeypatch.setattr(bench_run, "onnx_inference", fake_onnx)
-    files = {"onnxruntime fp32": "fp32.onnx", "onnxruntime int8 qdq:all": "int8.onnx"}
-    out = bench_run.int8_rounds(files, "qdq:all", (8, 8), 3, 2, None)
+    out = bench_run.int8_rounds("fp32.onnx", "int8.onnx", "qdq:all", (8, 8), 3, 2, None)
     assert order == ["fp32.onnx", "int8.onnx", "int8.onnx", "fp32.onnx", "fp32.onnx", "int8.onnx"]
     assert out["fp32_over_int8"] == [2.5] * 3 and out["median"] == 2.5
 

@@ -186,14 +186,16 @@ def _peer_targets(r: dict[str, float]) -> list[tuple[str, str, bool]]:
     return out
 
 
+def _rounds_line(label: str, ratios: list[float], median: float) -> str:
+    """``- <label> per round a, b, ...; median m``: one line of alternating rounds."""
+    return f"- {label} per round {', '.join(f'{x:.2f}' for x in ratios)}; median {median:.2f}"
+
+
 def _int8_rounds_text(r: dict[str, Any] | None) -> str:
     if not r:
         return ""
-    per_round = ", ".join(f"{x:.2f}" for x in r["fp32_over_int8"])
-    return (
-        f"\n\nalternating rounds, onnxruntime, batch 1:\n- int8 {r['setting']}: "
-        f"fp32/int8 per round {per_round}; median {r['median']:.2f}"
-    )
+    line = _rounds_line(f"int8 {r['setting']}: fp32/int8", r["fp32_over_int8"], r["median"])
+    return "\n\nalternating rounds, onnxruntime, batch 1:\n" + line
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -221,9 +223,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"- {name}: {value} ({'met' if ok else 'NOT met'})" for name, value, ok in targets(report)
     ]
     rounds = [
-        f"- {name} {precision}: {name}/ours per round "
-        + ", ".join(f"{x:.2f}" for x in r["peer_over_ours"])
-        + f"; median {r['median']:.2f}"
+        _rounds_line(f"{name} {precision}: {name}/ours", r["peer_over_ours"], r["median"])
         for name, by_precision in report.get("peer_rounds", {}).items()
         for precision, r in by_precision.items()
     ]

@@ -126,10 +126,12 @@ def run_bench(
             onnx_rows, files = _onnx_rows(loaded, Path(tmp), size, batch, iters, calib, threads,
                                           settings)  # fmt: skip
             rows += onnx_rows
-            if rounds and has_int8:
-                setting = DEFAULT_INT8 if parse_int8_setting(DEFAULT_INT8) in settings else None
-                setting = setting or ":".join(settings[0])
-                int8_alt = int8_rounds(files, setting, size, rounds, iters, threads)
+            if rounds and has_int8:  # the export's default setting, else the first given
+                default = parse_int8_setting(DEFAULT_INT8)
+                setting = ":".join(default if default in settings else settings[0])
+                int8 = files[f"onnxruntime int8 {setting}"]
+                int8_alt = int8_rounds(files["onnxruntime fp32"], int8, setting, size, rounds,
+                                       iters, threads)  # fmt: skip
             if data is not None:
                 for row in onnx_rows:
                     if row.batch == 1:
@@ -185,16 +187,16 @@ def peer_rounds(
 
 
 def int8_rounds(
-    files: dict[str, Path], setting: str, size, rounds: int, iters: int, threads: int | None
+    fp32: Path, int8: Path, setting: str, size, rounds: int, iters: int, threads: int | None
 ) -> dict[str, Any]:
-    """onnxruntime fp32 and the INT8 ``setting`` at batch 1 in alternating blocks, as
-    ``peer_rounds`` does for two networks: ``{"setting", "fp32_ms", "int8_ms",
-    "fp32_over_int8": per round, "median"}``. Two exports of one network are as close as
-    two networks, and one block each read 1.5x to 2.4x for the same pair."""
-    variants = {"fp32": "onnxruntime fp32", "int8": f"onnxruntime int8 {setting}"}
+    """onnxruntime ``fp32`` and ``int8`` (an export in ``setting``) at batch 1 in
+    alternating blocks, as ``peer_rounds`` does for two networks: ``{"setting", "fp32_ms",
+    "int8_ms", "fp32_over_int8": per round, "median"}``. Two exports of one network are as
+    close as two networks: one block each read the same pair at 1.86x and 2.39x in two runs."""
+    paths = {"fp32": fp32, "int8": int8}
     blocks = {
-        key: functools.partial(onnx_inference, files[v], size, 1, v, threads, iters=iters)
-        for key, v in variants.items()
+        key: functools.partial(onnx_inference, path, size, 1, key, threads, iters=iters)
+        for key, path in paths.items()
     }
     ms = alternate(blocks, rounds)
     return {

@@ -55,6 +55,12 @@ def check_norm(name: str) -> None:
     _lookup(_NORMS, name, "norm")
 
 
+def check_refine_stride(value: object, name: str = "refine_stride") -> None:
+    """Raise ``PerceptionError`` unless ``value`` is 1 or 2 (``DenseDecoder``)."""
+    if isinstance(value, bool) or value not in (1, 2):
+        raise PerceptionError(f"{name} must be 1 or 2, got {value!r}")
+
+
 def make_act(name: str) -> nn.Module:
     """A fresh activation module: one of ``ACT_NAMES`` (PReLU has one learnable slope)."""
     return _lookup(_ACTS, name, "activation")()
@@ -129,11 +135,9 @@ class DenseDecoder(nn.Module):
         norm: str = "batch",
     ) -> None:
         super().__init__()
-        if refine_stride not in (1, 2) or scale % refine_stride:
-            raise PerceptionError(
-                f"refine_stride must be 1 or 2 and divide the input stride {scale}, "
-                f"got {refine_stride!r}"
-            )
+        check_refine_stride(refine_stride)
+        if scale % refine_stride:
+            raise PerceptionError(f"refine_stride {refine_stride} must divide the stride {scale}")
         self.scale = int(scale)
         self.refine_stride = int(refine_stride)
         self.task = ConvNormAct(in_channels, width, 3, act=act, norm=norm)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from perception.errors import PerceptionError
 from perception.models.backbone import Backbone, build_backbone
 from perception.models.heads import DepthHead, DetectionHead, LaneHead
-from perception.models.layers import check_act, check_norm
+from perception.models.layers import check_act, check_norm, check_refine_stride
 from perception.models.necks import PAFPN
 from perception.models.plain import PlainBackbone, is_plain, parse_plain
 from perception.ops.camera import DEFAULT_HFOV
@@ -73,11 +73,7 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise PerceptionError(f"model config: {name} must be a positive int, got {value!r}")
-        stride = self.dense_refine_stride
-        if isinstance(stride, bool) or stride not in (1, 2):
-            raise PerceptionError(
-                f"model config: dense_refine_stride must be 1 or 2, got {stride!r}"
-            )
+        check_refine_stride(self.dense_refine_stride, "model config: dense_refine_stride")
         check_act(self.act)
         if is_plain(self.backbone):
             parse_plain(self.backbone)
