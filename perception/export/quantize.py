@@ -1,6 +1,6 @@
 """Static INT8 quantization (QDQ or QOperator) of an fp32 export, calibrated on a v1 dataset.
 
-Kept apart from ``onnx.py`` (export and verification) because it needs the dataset reader
+Kept apart from ``onnx.py`` (the export) because it needs the dataset reader
 and onnxruntime's quantization tool, which plain exports do not.
 """
 
