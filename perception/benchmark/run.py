@@ -129,7 +129,7 @@ def run_bench(
             if rounds and has_int8:  # the export's default setting, else the first given
                 default = parse_int8_setting(DEFAULT_INT8)
                 setting = ":".join(default if default in settings else settings[0])
-                int8 = files[f"onnxruntime int8 {setting}"]
+                int8 = files[int8_variant(setting)]
                 int8_alt = int8_rounds(files["onnxruntime fp32"], int8, setting, size, rounds,
                                        iters, threads)  # fmt: skip
             if data is not None:
@@ -279,6 +279,11 @@ def _cost(model: torch.nn.Module, size: tuple[int, int]) -> dict[str, float]:
     return {"params": param_count(net), "gflops": gflops(net, size)}
 
 
+def int8_variant(setting: str) -> str:
+    """The row name of the INT8 export in ``setting`` (``format:ops``)."""
+    return f"onnxruntime int8 {setting}"
+
+
 def _onnx_rows(
     loaded, tmp: Path, size, batch, iters, calib, threads, int8: list[tuple[str, str]]
 ) -> tuple[list[Row], dict[str, Path]]:
@@ -291,7 +296,7 @@ def _onnx_rows(
     for fmt, ops in int8 if calib is not None else []:
         out = tmp / f"int8-{fmt}-{ops}.onnx"
         quantized = quantize_int8(fp32, out, calib, num_images=64, fmt=fmt, ops=ops)
-        files[f"onnxruntime int8 {fmt}:{ops}"] = quantized
+        files[int8_variant(f"{fmt}:{ops}")] = quantized
     rows = []
     for variant, path in files.items():
         for b in sorted({1, batch}):
