@@ -103,6 +103,11 @@ def _write(root: Path, relative: str, array: np.ndarray) -> None:
     v1.write_png(root / relative, array)
 
 
+def _one_pixel(mask: np.ndarray, value: int) -> np.ndarray:
+    mask[5, 7] = value
+    return mask
+
+
 BAD_CASES = {
     "unreadable image": (
         lambda root: (root / f"images/{SID}.png").write_bytes(b"not a png"),
@@ -120,7 +125,13 @@ BAD_CASES = {
         {},
         "uint16",
     ),
+    "one bad mask pixel": (
+        lambda root: _write(root, f"lane/{SID}.png", _one_pixel(np.zeros((64, 96), np.uint8), 2)),
+        {},
+        r"values \[2\] not allowed",
+    ),
     "path escapes root": (None, {"drivable": "../outside.png"}, "escapes the dataset root"),
+    "path escapes root inside": (None, {"lane": "lane/../../x.png"}, "escapes the dataset root"),
     "NaN box": (None, {"boxes": [[float("nan"), 1, 5, 5]], "labels": ["car"]}, "non-finite"),
     "degenerate box": (None, {"boxes": [[10, 10, 10, 20]], "labels": ["car"]}, "degenerate"),
     "box out of bounds": (None, {"boxes": [[10, 10, 110, 20]], "labels": ["car"]}, "outside"),
@@ -151,3 +162,14 @@ def test_bad_sample_returns_none_with_one_warning(tiny_dataset, caplog, case):
 def test_dataset_level_problems_raise_at_construction(tmp_path):
     with pytest.raises(DatasetFormatError, match=r"dataset\.yaml: missing"):
         V1Dataset(tmp_path, CLASSES)
+
+
+def test_a_symlinked_image_folder_is_read(tiny_dataset, tmp_path):
+    """Large image folders often live elsewhere and are linked in: the root check is on
+    the path as written, not on where a link leads."""
+    root = tiny_dataset()
+    elsewhere = tmp_path / "big_disk_images"
+    (root / "images").rename(elsewhere)
+    (root / "images").symlink_to(elsewhere, target_is_directory=True)
+    ds = V1Dataset(root, CLASSES)
+    assert all(ds[i] is not None for i in range(len(ds)))

@@ -236,3 +236,24 @@ def test_pipelines_build_and_run_without_albumentations_warnings():
 def test_bad_augment_config_is_a_clear_error(kwargs):
     with pytest.raises(PerceptionError, match="augment: "):
         AugmentConfig(**kwargs)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fog_draws_the_same_pixels_as_albumentations_randomfog(seed: int) -> None:
+    """``Fog`` blends each fog disc over its bounding box only; the pixels must be the
+    very ones ``A.RandomFog`` draws from the same seed (which blends the whole image)."""
+    import random
+
+    import albumentations as A
+
+    from perception.data.fog import Fog
+
+    image = np.random.default_rng(seed).integers(0, 256, (72, 120, 3), dtype=np.uint8)
+    image[:, :40] = 250  # bright: discs near saturation must round the same way
+    outputs = []
+    for cls in (A.RandomFog, Fog):
+        fog = cls(fog_coef_range=(0.1, 0.3), alpha_coef=0.08, p=1.0)
+        fog.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        outputs.append(fog(image=image)["image"])
+    assert not np.array_equal(outputs[0], image)
+    np.testing.assert_array_equal(outputs[1], outputs[0])

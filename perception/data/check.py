@@ -295,9 +295,9 @@ def _size_problem(relative: str, array: np.ndarray, size: tuple[int, int]) -> li
 
 def _mask_value_problem(relative: str, mask: np.ndarray) -> list[str]:
     """Lane/drivable PNGs hold only 0 (background), 1 (foreground) and 255 (ignore)."""
-    values = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))  # uint8 -> [256]
-    if np.isin(values, v1.MASK_VALUES).all():
+    if v1.mask_values_ok(mask):
         return []
+    values = v1.mask_values(mask)
     shown = ", ".join(str(v) for v in values[:_MAX_VALUES_SHOWN])
     if len(values) > _MAX_VALUES_SHOWN:
         shown += f", ... ({len(values)} distinct)"

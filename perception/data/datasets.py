@@ -176,8 +176,8 @@ class V1Dataset(Dataset):
             return None
         mask = v1.read_mask(v1.resolve(self.root, relative))
         _check_size(mask, record, relative)
-        bad = np.setdiff1d(np.unique(mask), v1.MASK_VALUES)
-        if bad.size:
+        if not v1.mask_values_ok(mask):
+            bad = np.setdiff1d(v1.mask_values(mask), v1.MASK_VALUES)
             raise DatasetFormatError(
                 f"{relative}: values {bad.tolist()[:5]} not allowed (only 0, 1, 255)"
             )
