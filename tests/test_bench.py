@@ -213,3 +213,32 @@ def test_a_peer_that_cannot_take_the_input_is_named() -> None:
 
     with pytest.raises(PerceptionError, match=r"forward pass on a 1x3x64x96 batch failed"):
         check_runs("x:y", torch.nn.Linear(5, 2), (64, 96))
+
+
+def test_training_model_only_steps_through_the_batches_end_to_end_loads(
+    tmp_path: Path,
+) -> None:
+    """The two training rows differ by the loading only: model-only trains on the very
+    batches the end-to-end row then loads afresh (one reused batch made the ratio a draw)."""
+    from perception.benchmark.speed import training_throughput
+    from perception.checkpoints import load_model
+    from perception.data.datamodule import PerceptionDataModule
+
+    loaded = load_model(write_tiny_release(tmp_path / "tiny.safetensors"))
+    data = tmp_path / "data"
+    write_dataset(data, num=8, seed=0, size=TINY_RELEASE_SIZE)
+    dm = PerceptionDataModule(
+        [str(data)], loaded.meta.class_names, image_size=TINY_RELEASE_SIZE, batch_size=2,
+        num_workers=0,
+    )  # fmt: skip
+    seen = []  # a fingerprint of each batch the network is stepped on
+    loaded.model.register_forward_hook(lambda m, args, out: seen.append(float(args[0].sum())))
+    rows = training_throughput(loaded.model, dm.train_dataloader(), torch.device("cpu"), 3)
+    assert [r.variant for r in rows] == [
+        "train model-only fp32 channels_last",
+        "train end-to-end fp32 channels_last",
+        "train loading only",
+    ]
+    assert len(seen) == 10 and len(set(seen[:5])) > 1  # 2 warm-up + 3 timed, per row
+    assert seen[5:] == pytest.approx(seen[:5])  # 8 samples: the fifth batch starts over
+    assert all(r.latency_ms > 0 and r.batch == 2 for r in rows)

@@ -188,3 +188,19 @@ def test_evaluate_at_another_size_scores_what_runs_there(tmp_path: Path) -> None
     assert native["depth/abs_rel"] != pytest.approx(torch_m["depth/abs_rel"], abs=1e-6)
     with pytest.raises(PerceptionError, match=r"exported at \(96, 160\), not \(64, 96\)"):
         evaluate(onnx, data, workers=0, device="cpu", image_size=(64, 96))
+
+
+def test_cpu_training_target_says_what_loading_costs() -> None:
+    rows = [
+        {**_row("train model-only bf16 channels_last", 16, 1000.0), "device": "cpu"},
+        {**_row("train end-to-end bf16 channels_last", 16, 1100.0), "device": "cpu"},
+        {**_row("train loading only", 16, 80.0), "device": "cpu"},
+    ]
+    report = {"device_type": "cpu", "rows": rows, "ratios": ratios([Row(**r) for r in rows])}
+    assert report["ratios"]["train_end_to_end_vs_model_only"] == pytest.approx(0.91, abs=0.01)
+    assert report["ratios"]["train_loading_vs_model_only"] == pytest.approx(0.08, abs=0.001)
+    got = {name: (value, met) for name, value, met in targets(report)}
+    assert got["training end to end >= 90 % of model-only"] == (
+        "91% (loading a batch: 8% of a step)",
+        True,
+    )

@@ -116,13 +116,17 @@ def _best_throughput(rows: list[Row], batch: int, prefix: str) -> float | None:
 
 
 def _train_ratios(rows: list[Row]) -> dict[str, float]:
-    """End-to-end over model-only training throughput, and each layout/precision over fp32."""
+    """End-to-end over model-only training throughput, the time to load a batch over a
+    model-only step's (what end to end pays on top, where loading cannot overlap the step),
+    and each layout/precision over fp32."""
     out = {}
     train = {r.variant.removeprefix("train "): r.images_per_s for r in rows if "train" in r.variant}
     for name, speed in train.items():  # end-to-end vs model-only of the same setting
         only = train.get(name.replace("end-to-end", "model-only"))
         if name.startswith("end-to-end") and only:
             out["train_end_to_end_vs_model_only"] = round(speed / only, 2)
+            if "loading only" in train:  # what bounds it: loading a batch, in step times
+                out["train_loading_vs_model_only"] = round(only / train["loading only"], 3)
     for fast in ("fp32 channels_last", "bf16 channels_last"):
         if f"model-only {fast}" in train and "model-only fp32" in train:
             key = f"train_{fast.replace(' ', '_')}_vs_fp32"
@@ -165,7 +169,10 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
         out.append(("Predictor torch within 1.5x of onnxruntime", f"{value:.2f}x", value <= 1.5))
     if "train_end_to_end_vs_model_only" in r:
         value = r["train_end_to_end_vs_model_only"]
-        out.append(("training end to end >= 90 % of model-only", f"{value:.0%}", value >= 0.9))
+        measured = f"{value:.0%}"
+        if "train_loading_vs_model_only" in r:
+            measured += f" (loading a batch: {r['train_loading_vs_model_only']:.0%} of a step)"
+        out.append(("training end to end >= 90 % of model-only", measured, value >= 0.9))
     return out
 
 
