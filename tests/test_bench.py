@@ -242,3 +242,18 @@ def test_training_model_only_steps_through_the_batches_end_to_end_loads(
     assert len(seen) == 10 and len(set(seen[:5])) > 1  # 2 warm-up + 3 timed, per row
     assert seen[5:] == pytest.approx(seen[:5])  # 8 samples: the fifth batch starts over
     assert all(r.latency_ms > 0 and r.batch == 2 for r in rows)
+
+
+def test_cpu_info_reads_the_first_processor(tmp_path: Path) -> None:
+    from perception.benchmark.machine import cpu_info
+
+    block = (
+        "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+        "model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
+    )
+    path = tmp_path / "cpuinfo"
+    path.write_text(block.format(n=0) + block.format(n=1).replace("26", "25"))
+    info = cpu_info(path)
+    assert info["model"] == "AMD EPYC" and info["family_model"] == "family 26, model 2"
+    assert info["flags"] == {"fpu", "avx2", "avx512f", "avx512_bf16"}
+    assert cpu_info(tmp_path / "missing")["family_model"] is None  # not Linux: no numbers

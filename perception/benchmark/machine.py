@@ -34,6 +34,7 @@ def describe_machine(dev: torch.device, threads: int | None = None) -> dict[str,
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu["model"],
         "cpu": cpu["model"],
+        "cpu_family_model": cpu["family_model"],
         "cpu_count": os.cpu_count(),
         "isa": [name for flag, name in ISA_FLAGS.items() if flag in cpu["flags"]],
         "torch_threads": torch.get_num_threads(),
@@ -45,21 +46,29 @@ def describe_machine(dev: torch.device, threads: int | None = None) -> dict[str,
 
 
 def cpu_info(path: str | os.PathLike = "/proc/cpuinfo") -> dict[str, Any]:
-    """The CPU model name and its feature flags (Linux ``/proc/cpuinfo``); elsewhere the
-    model ``platform`` knows and no flags."""
-    model, flags = platform.processor() or platform.machine(), set()
+    """The CPU model name, family / model numbers and feature flags (Linux
+    ``/proc/cpuinfo``); elsewhere the model ``platform`` knows and no flags.
+
+    The numbers tell CPU generations apart where a virtual machine's name does not
+    ("AMD EPYC" is Zen 3 at family 25 and Zen 5 at family 26)."""
+    found: dict[str, str] = {}
+    keys = {"model name": "model", "cpu family": "family", "model": "number", "flags": "flags"}
     try:
         for line in Path(path).read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-            if flags and model:
+            name = keys.get(key.strip())
+            if name is not None:
+                found.setdefault(name, value.strip())
+            if not line.strip() and found:  # the first processor's block is enough
                 break
     except OSError:
         pass
-    return {"model": model, "flags": flags}
+    family, number = found.get("family"), found.get("number")
+    return {
+        "model": found.get("model") or platform.processor() or platform.machine(),
+        "family_model": f"family {family}, model {number}" if family and number else None,
+        "flags": set(found.get("flags", "").split()),
+    }
 
 
 def _version(package: str) -> str | None:

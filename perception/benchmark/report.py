@@ -223,7 +223,9 @@ def format_report(report: dict[str, Any]) -> str:
     machine = report["machine"]
     lines.insert(
         0,
-        f"machine: {machine['device']}, {machine['cpu_count']} logical CPUs"
+        f"machine: {machine['device']}"
+        f"{' (' + machine['cpu_family_model'] + ')' if machine.get('cpu_family_model') else ''}"
+        f", {machine['cpu_count']} logical CPUs"
         f"{', ' + ' '.join(machine['isa']) if machine.get('isa') else ''}\n",
     )
     goals = [
