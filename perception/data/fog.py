@@ -2,7 +2,7 @@
 
 ``RandomFog`` lays a few hundred to a few thousand small bright discs over the image,
 each blended in turn, and its drawing copies and blends the *whole* image for every disc:
-about 50 ms a foggy 288 x 480 sample on a 2-core CPU, the largest single cost of loading
+35 to 75 ms a foggy 288 x 480 sample on a 2-core CPU, the largest single cost of loading
 in the samples it hits. A disc changes only the pixels under it, so blending just the
 disc's bounding box gives the very same pixels (``tests/test_transforms.py`` compares the
 two) at a fraction of the cost. The parameters (where the discs go, how big, how dense)
