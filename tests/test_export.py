@@ -63,6 +63,13 @@ def test_fp32_export_matches_eager_on_a_second_input(
         verify_onnx(fp32_path, model, example_images(SIZE, 2, seed=7), full_check=False)
 
 
+def test_no_batchnorm_is_left_in_the_graph(fp32_path: Path) -> None:
+    """Every norm is folded before export, also those after the detection towers' shared
+    convs, which onnxruntime cannot fold and an INT8 graph would keep in float."""
+    ops = {node.op_type for node in onnx.load(str(fp32_path)).graph.node}
+    assert "Conv" in ops and "BatchNormalization" not in ops
+
+
 def test_metadata_round_trips(fp32_path: Path, model: MultiTaskModel) -> None:
     meta = read_metadata(fp32_path)
     assert meta["class_names"] == CLASSES

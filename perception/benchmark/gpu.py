@@ -6,8 +6,9 @@ then runs ``perception bench`` with the GPU settings BENCHMARKS.md asks for:
 - batch-1 latency in fp32, fp16 and bf16 eager, and fp16 under ``torch.compile`` with
   CUDA graphs (``reduce-overhead``);
 - batch-32 throughput in the same runtimes (channels-last, BatchNorm folded);
-- training throughput in fp32 and bf16 (channels-last), model-only (on the batches end to end then loads)
-  and end-to-end (loading, augmentation, assignment, every loss, AdamW);
+- training throughput in fp32 and bf16 (channels-last), model-only (stepping through the
+  batches that end to end then loads afresh) and end-to-end (loading, augmentation,
+  assignment, every loss, AdamW);
 - accuracy of each eager precision on the held-out images, and with ``--peer`` another
   network (e.g. YOLOP) timed the same way.
 

@@ -47,6 +47,7 @@ from perception.checkpoints import LoadedModel, ModelMeta, load_model
 from perception.errors import PerceptionError
 from perception.export.nms import NMSConfig, detect, onnx_class_nms
 from perception.models import MultiTaskModel
+from perception.models.fold import fold_batchnorm
 from perception.ops.camera import depth_scale
 from perception.postprocess.dense import depth_metres
 
@@ -207,6 +208,9 @@ def export_onnx(
     size = tuple(image_size or loaded.meta.image_size)
     model = copy.deepcopy(loaded.model).float().eval().cpu()  # never move the caller's model
     model.check_image_size(size)
+    # onnxruntime folds a conv's BatchNorm itself, but not one after a conv shared across
+    # levels, and an INT8 graph keeps that norm in float between Q/DQ pairs
+    model, _ = fold_batchnorm(model, size)
     wrapper = ExportWrapper(model, nms_cfg, size).eval()
     proto = _export_proto(wrapper, size, opset, dynamic_batch, dynamic_hw)
     if fp16:

@@ -1,4 +1,4 @@
-"""Fold BatchNorm into the convolution before it, for inference.
+"""Fold BatchNorm into the convolution before it, for inference (torch and ONNX export).
 
 In eval mode a BatchNorm is a per-channel affine map, so ``bn(conv(x))`` is one conv with
 rescaled weights and a new bias: the same output, one pass over the feature map less.
@@ -8,9 +8,11 @@ does it here.
 Which BatchNorm follows which conv is read from the module structure: a ``conv`` /
 ``norm`` pair (``layers.ConvNormAct``), ``convN`` / ``bnN`` pairs (timm's ResNet blocks and
 stem) and a ``Conv2d`` directly followed by a ``BatchNorm2d`` in an ``nn.Sequential``
-(timm's downsample paths). A backbone whose blocks apply a norm elsewhere (pre-activation
-designs) would be folded wrongly by those names, so ``fold_batchnorm`` checks the folded
-model against the original on a random batch and keeps the original if they differ.
+(timm's downsample paths). The detection towers share each conv across levels with a
+norm per level, so each level gets a folded copy of the conv (``LevelTower``). A backbone
+whose blocks apply a norm elsewhere (pre-activation designs) would be folded wrongly by
+those names, so ``fold_batchnorm`` checks the folded model against the original on a
+random batch and keeps the original if they differ.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import re
 
 import torch
 from torch import nn
+
+from perception.models.heads.detection import LevelTower, SharedTower
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,20 @@ def _pairs(module: nn.Module) -> list[tuple[str, str]]:
     ]
 
 
+def _unshare(tower: SharedTower) -> LevelTower | None:
+    """Per-level copies of ``tower``'s convs with that level's BatchNorms folded in, or
+    ``None`` when its norms are not BatchNorms."""
+    if not all(isinstance(n, nn.BatchNorm2d) for norms in tower.norms for n in norms):
+        return None
+    levels = []
+    for norms in tower.norms:
+        convs = [copy.deepcopy(conv) for conv in tower.convs]
+        for conv, bn in zip(convs, norms, strict=True):
+            fold_into(conv, bn)
+        levels.append(convs)
+    return LevelTower(levels, tower.acts)
+
+
 @torch.no_grad()
 def fold_batchnorm(
     model: nn.Module, image_size: tuple[int, int], atol: float = 1e-3
@@ -70,6 +88,10 @@ def fold_batchnorm(
                 fold_into(getattr(module, conv_name), bn)
                 setattr(module, bn_name, nn.Identity())
                 count += 1
+        for name, child in list(module.named_children()):
+            if isinstance(child, SharedTower) and (tower := _unshare(child)) is not None:
+                setattr(module, name, tower)
+                count += sum(len(norms) for norms in child.norms)
     device = next(model.parameters()).device
     images = torch.rand(1, 3, *image_size, device=device)
     worst = max(
