@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from perception.models import ModelConfig, build_model
-from perception.models.fold import fold_batchnorm, fold_into
-from perception.models.heads.detection import LevelTower
+from perception.models.fold import fold_batchnorm, fold_into, fold_tower
+from perception.models.heads.detection import LevelTower, SharedTower
 
 
 def _randomise_bn(model: nn.Module) -> nn.Module:
@@ -33,6 +33,19 @@ def test_fold_into_equals_conv_then_bn() -> None:
     expected = bn(conv(x))
     fold_into(conv, bn)
     torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_each_level_of_a_folded_tower_equals_the_shared_tower() -> None:
+    """The detection towers share convs across levels and keep a norm per level: each
+    level's folded convs must give that level's outputs."""
+    tower = _randomise_bn(SharedTower(8, 16, depth=2, num_levels=3))
+    folded = fold_tower(tower)
+    assert isinstance(folded, LevelTower)
+    x = torch.randn(2, 8, 11, 13)
+    with torch.no_grad():
+        for level in range(3):
+            torch.testing.assert_close(folded(x, level), tower(x, level), rtol=1e-5, atol=1e-5)
+    assert fold_tower(SharedTower(8, 16, depth=2, num_levels=3, norm="none")) is None
 
 
 def test_folded_model_gives_the_same_outputs_with_fewer_norms() -> None:

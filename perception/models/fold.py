@@ -56,7 +56,7 @@ def _pairs(module: nn.Module) -> list[tuple[str, str]]:
     ]
 
 
-def _unshare(tower: SharedTower) -> LevelTower | None:
+def fold_tower(tower: SharedTower) -> LevelTower | None:
     """Per-level copies of ``tower``'s convs with that level's BatchNorms folded in, or
     ``None`` when its norms are not BatchNorms."""
     if not all(isinstance(n, nn.BatchNorm2d) for norms in tower.norms for n in norms):
@@ -89,7 +89,7 @@ def fold_batchnorm(
                 setattr(module, bn_name, nn.Identity())
                 count += 1
         for name, child in list(module.named_children()):
-            if isinstance(child, SharedTower) and (tower := _unshare(child)) is not None:
+            if isinstance(child, SharedTower) and (tower := fold_tower(child)) is not None:
                 setattr(module, name, tower)
                 count += sum(len(norms) for norms in child.norms)
     device = next(model.parameters()).device
