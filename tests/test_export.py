@@ -207,8 +207,12 @@ def test_fp16_and_int8_variants_run_close_to_fp32(
         graph = onnx.load(str(path8)).graph
         assert fused in {n.op_type for n in graph.node}
         producer = {o: n for n in graph.node for o in n.output}
-        for out in graph.output:  # no output is the dequantised result of 256 levels
-            assert producer[out.name].op_type not in {"DequantizeLinear", "QLinearConv"}, out
+        dense = {"seg_logits", "depth_log"}
+        for out in graph.output:  # box distances, logits and metres: never 256 levels
+            if out.name not in dense:
+                assert producer[out.name].op_type not in {"DequantizeLinear", "QLinearConv"}, out
+        if ops == "all":  # the dense heads' last conv and upsample are quantised (faster)
+            assert {producer[name].op_type for name in dense} == {"DequantizeLinear"}
         got = _run(path8, example_images(SIZE, 1, seed=4))
         assert got["depth_log"].shape == (1, 1, *SIZE) and np.isfinite(got["depth_log"]).all()
     with pytest.raises(PerceptionError, match="INT8 operators 'some'; valid: conv, all"):
@@ -266,7 +270,8 @@ def test_int8_weights_are_7_bit_unless_asked(fp32_path: Path, tmp_path: Path) ->
 
 
 def test_the_output_tail_stays_fp32() -> None:
-    """Everything from the last convolution of each path to the outputs is left float."""
+    """Everything from the last convolution of each path to the outputs is left float,
+    or from a tensor named as a stop."""
     from onnx import TensorProto, helper
 
     from perception.export.quantize import output_tail
@@ -288,6 +293,8 @@ def test_the_output_tail_stays_fp32() -> None:
     ]
     graph = helper.make_graph(nodes, "g", [], outputs)
     assert sorted(output_tail(graph)) == ["Conv_c", "Conv_d", "Exp_e", "Mul_depth", "Reshape_boxes"]
+    # from the depth output back to (not past) the log depth "d": the conversion to metres
+    assert sorted(output_tail(graph, ["depth"], stop=["d"])) == ["Exp_e", "Mul_depth"]
 
 
 def test_sessions_for_the_predictor_do_not_spin(fp32_path: Path) -> None:

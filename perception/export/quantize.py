@@ -16,7 +16,9 @@ import numpy as np
 from perception.errors import PerceptionError
 from perception.export.onnx import (
     CAMERA_NAME,
+    DENSE_OUTPUTS,
     INPUT_NAME,
+    RAW_OUTPUTS,
     _save,
     _set_metadata,
     example_camera,
@@ -120,20 +122,39 @@ def check_int8_setting(fmt: str, ops: str, weight_bits: int = DEFAULT_WEIGHT_BIT
         raise PerceptionError(f"INT8 operators {ops!r}; valid: {', '.join(INT8_OPS)}")
 
 
-def output_tail(graph: Any) -> list[str]:
-    """Names of the nodes between the graph's outputs and the last ``Conv`` on each path
-    back from them, those convolutions included (an ``onnx.GraphProto``)."""
+def output_tail(
+    graph: Any, outputs: Sequence[str] | None = None, stop: Sequence[str] = ()
+) -> list[str]:
+    """Names of the nodes between the graph's ``outputs`` (default: all) and the last
+    ``Conv`` on each path back from them, those convolutions included (an
+    ``onnx.GraphProto``). The walk does not go past a tensor named in ``stop``."""
     producer = {out: node for node in graph.node for out in node.output}
     tail: dict[str, None] = {}  # ordered set of node names
-    pending = [o.name for o in graph.output]
+    pending = [o.name for o in graph.output] if outputs is None else list(outputs)
     while pending:
-        node = producer.get(pending.pop())
-        if node is None or node.name in tail:
-            continue  # a graph input or initializer, or already walked
+        name = pending.pop()
+        node = producer.get(name)
+        if node is None or node.name in tail or name in stop:
+            continue  # a graph input or initializer, already walked, or a stop
         tail[node.name] = None
         if node.op_type != "Conv":
             pending.extend(node.input)
     return list(tail)
+
+
+def float_nodes(graph: Any) -> list[str]:
+    """The nodes an INT8 export keeps in float (``output_tail``): each detection output
+    from its last convolution on, because box distances and class logits need more than
+    256 levels (quantised, they cost 15 points of mAP50_95 in QOperator form); and what
+    turns log depth into metres for the camera (metres over 256 levels would be 0.3 m
+    steps). The dense heads' last convolutions and upsamples are quantised: on the
+    release that kept abs_rel within 0.0005 of a float tail and raised INT8's speed-up
+    over fp32 from 2.1-2.2x to 2.3-2.5x on the CPU measured (docs/benchmarks.md)."""
+    names = [o.name for o in graph.output]
+    detection = [n for n in names if n not in DENSE_OUTPUTS]
+    dense = [n for n in names if n in DENSE_OUTPUTS]
+    raw = [n for n in dense if n in RAW_OUTPUTS]  # seg_logits, depth_log: quantised
+    return list(dict.fromkeys(output_tail(graph, detection) + output_tail(graph, dense, raw)))
 
 
 def quantize_int8(
@@ -155,9 +176,8 @@ def quantize_int8(
     ``ops``: ``conv`` quantizes only Conv/MatMul/Gemm; ``all`` also the activations,
     additions, resizes and concatenations between them, so fewer tensors go back to float.
     Which pays depends on the CPU and on the network's activation (``perception bench``
-    times each). Whatever the setting, the last convolution before each output and what
-    follows it stay fp32 (``output_tail``): box distances, logits and log depth keep their
-    precision instead of 256 levels, which cost 15 points of mAP50_95 in QOperator form.
+    times each). Whatever the setting, the detection outputs from their last convolution
+    on and the conversion of log depth to metres stay fp32 (``float_nodes``).
     ``weight_bits``: 7 (the default, ``DEFAULT_WEIGHT_BITS``: no x86 CPU saturates) or 8
     (for runtimes whose integer products cannot saturate: TensorRT, ARM, VNNI CPUs).
     The choice is written to the metadata (``int8_format``, ``int8_ops``,
@@ -188,7 +208,7 @@ def quantize_int8(
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
         op_types_to_quantize=CONV_OPS if ops == "conv" else None,
-        nodes_to_exclude=output_tail(onnx.load(str(fp32_onnx)).graph),
+        nodes_to_exclude=float_nodes(onnx.load(str(fp32_onnx)).graph),
         reduce_range=weight_bits == 7,  # onnxruntime's name for 7-bit weights
     )
     proto = onnx.load(str(out))
