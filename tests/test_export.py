@@ -293,8 +293,9 @@ def test_the_output_tail_stays_fp32() -> None:
     ]
     graph = helper.make_graph(nodes, "g", [], outputs)
     assert sorted(output_tail(graph)) == ["Conv_c", "Conv_d", "Exp_e", "Mul_depth", "Reshape_boxes"]
-    # from the depth output back to (not past) the log depth "d": the conversion to metres
-    assert sorted(output_tail(graph, ["depth"], stop=["d"])) == ["Exp_e", "Mul_depth"]
+    # not past the log depth "d": only the conversion to metres stays on that path
+    tail = ["Conv_c", "Exp_e", "Mul_depth", "Reshape_boxes"]
+    assert sorted(output_tail(graph, stop=["d"])) == tail
 
 
 def test_sessions_for_the_predictor_do_not_spin(fp32_path: Path) -> None:

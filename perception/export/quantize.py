@@ -122,15 +122,13 @@ def check_int8_setting(fmt: str, ops: str, weight_bits: int = DEFAULT_WEIGHT_BIT
         raise PerceptionError(f"INT8 operators {ops!r}; valid: {', '.join(INT8_OPS)}")
 
 
-def output_tail(
-    graph: Any, outputs: Sequence[str] | None = None, stop: Sequence[str] = ()
-) -> list[str]:
-    """Names of the nodes between the graph's ``outputs`` (default: all) and the last
-    ``Conv`` on each path back from them, those convolutions included (an
-    ``onnx.GraphProto``). The walk does not go past a tensor named in ``stop``."""
+def output_tail(graph: Any, stop: Sequence[str] = ()) -> list[str]:
+    """Names of the nodes between the graph's outputs and the last ``Conv`` on each path
+    back from them, those convolutions included (an ``onnx.GraphProto``). The walk does
+    not go past a tensor named in ``stop``."""
     producer = {out: node for node in graph.node for out in node.output}
     tail: dict[str, None] = {}  # ordered set of node names
-    pending = [o.name for o in graph.output] if outputs is None else list(outputs)
+    pending = [o.name for o in graph.output]
     while pending:
         name = pending.pop()
         node = producer.get(name)
@@ -142,19 +140,19 @@ def output_tail(
     return list(tail)
 
 
+# the dense heads' raw outputs: their last convolutions and upsamples are quantised
+QUANTISED_OUTPUTS: tuple[str, ...] = tuple(n for n in RAW_OUTPUTS if n in DENSE_OUTPUTS)
+
+
 def float_nodes(graph: Any) -> list[str]:
-    """The nodes an INT8 export keeps in float (``output_tail``): each detection output
-    from its last convolution on, because box distances and class logits need more than
-    256 levels (quantised, they cost 15 points of mAP50_95 in QOperator form); and what
-    turns log depth into metres for the camera (metres over 256 levels would be 0.3 m
-    steps). The dense heads' last convolutions and upsamples are quantised: on the
-    release that kept abs_rel within 0.0005 of a float tail and raised INT8's speed-up
+    """The nodes an INT8 export keeps in float: each detection output from its last
+    convolution on, because box distances and class logits need more than 256 levels
+    (quantised, they cost 15 points of mAP50_95 in QOperator form); and what turns log
+    depth into metres for the camera (metres over 256 levels would be 0.3 m steps). The
+    walk stops at ``seg_logits`` and ``depth_log``: quantising the dense heads' tails
+    kept abs_rel within 0.0005 of a float tail on the release and raised INT8's speed-up
     over fp32 from 2.1-2.2x to 2.3-2.5x on the CPU measured (docs/benchmarks.md)."""
-    names = [o.name for o in graph.output]
-    detection = [n for n in names if n not in DENSE_OUTPUTS]
-    dense = [n for n in names if n in DENSE_OUTPUTS]
-    raw = [n for n in dense if n in RAW_OUTPUTS]  # seg_logits, depth_log: quantised
-    return list(dict.fromkeys(output_tail(graph, detection) + output_tail(graph, dense, raw)))
+    return output_tail(graph, stop=QUANTISED_OUTPUTS)
 
 
 def quantize_int8(
