@@ -85,3 +85,30 @@ def test_misleading_names_keep_the_original_model(caplog: pytest.LogCaptureFixtu
         out, count = fold_batchnorm(model, (8, 8))
     assert out is model and count == 0
     assert "kept the unfolded model" in caplog.text
+
+
+class _RecordTF32(nn.Module):
+    """A conv + BN that notes whether TF32 was allowed each time it ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.seen = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return self.bn(self.conv(x))
+
+
+def test_the_fold_check_runs_without_tf32_and_restores_it() -> None:
+    """On a GPU, TF32 rounding alone moved the outputs by 0.02, above the check's 1e-3, and
+    every fold was refused: the check compares in exact fp32, and leaves the flags as set."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        model = _randomise_bn(_RecordTF32())
+        folded, count = fold_batchnorm(model, (8, 8))
+        assert count == 1 and folded is not model
+        assert model.seen == [(False, False)] and folded.seen == [(False, False)]
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
