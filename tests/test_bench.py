@@ -257,3 +257,15 @@ def test_cpu_info_reads_the_first_processor(tmp_path: Path) -> None:
     assert info["model"] == "AMD EPYC" and info["family_model"] == "family 26, model 2"
     assert info["flags"] == {"fpu", "avx2", "avx512f", "avx512_bf16"}
     assert cpu_info(tmp_path / "missing")["family_model"] is None  # not Linux: no numbers
+
+
+def test_the_machine_counts_the_cpus_the_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under taskset (two cores of a larger machine) the figures were measured on two CPUs,
+    and the description says two, not the machine's count."""
+    import os
+
+    from perception.benchmark.machine import describe_machine
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    machine = describe_machine(torch.device("cpu"))
+    assert machine["cpu_count"] == 2 and machine["ort_threads"] == 2

@@ -21,7 +21,7 @@ def _row(variant: str, batch: int, ms: float) -> dict:
 
 
 def _gpu_report(rows: list[dict]) -> dict:
-    machine = {"device": "GPU X", "cpu_count": 16, "isa": [], "torch": "2.x"}
+    machine = {"device": "GPU X", "cpu": "CPU Y", "cpu_count": 16, "isa": [], "torch": "2.x"}
     report = {"device_type": "cuda", "rows": rows, "machine": machine}
     report["ratios"] = ratios([Row(**r) for r in rows])
     return report
@@ -90,6 +90,7 @@ def test_doc_section_is_replaced_and_nothing_else_changes(tmp_path: Path) -> Non
     first = doc.read_text()
     assert first.startswith("# Benchmarks\n\nintro\n\n## GPU\n\nold text\n\n## Later\n\nkept\n")
     assert "python tools/bench_gpu.py" in first and "| torch eager fp16 | cuda | 1 |" in first
+    assert "machine: GPU X; CPU CPU Y, 16 logical CPUs" in first  # the GPU and its host
     section = first[first.index("<!--") :]
     doc.write_text("# Benchmarks\n\nintro\n\n" + section + "\n## Later\n\nkept\n")  # moved up
     report["rows"][0]["latency_ms"] = 1.0

@@ -35,14 +35,23 @@ def describe_machine(dev: torch.device, threads: int | None = None) -> dict[str,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu["model"],
         "cpu": cpu["model"],
         "cpu_family_model": cpu["family_model"],
-        "cpu_count": os.cpu_count(),
+        "cpu_count": usable_cpus(),
         "isa": [name for flag, name in ISA_FLAGS.items() if flag in cpu["flags"]],
         "torch_threads": torch.get_num_threads(),
-        "ort_threads": threads or min(4, os.cpu_count() or 1),
+        "ort_threads": threads or min(4, usable_cpus()),
         "python": platform.python_version(),
         **{lib: _version(lib) for lib in LIBRARIES},
         "torch": torch.__version__,  # with its build tag (+cpu, +cu130)
     }
+
+
+def usable_cpus() -> int:
+    """The logical CPUs this process may run on: fewer than the machine has under
+    ``taskset`` or a container's CPU set, and those are the ones a figure was measured on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call on this platform (macOS)
+        return os.cpu_count() or 1
 
 
 def cpu_info(path: str | os.PathLike = "/proc/cpuinfo") -> dict[str, Any]:

@@ -221,9 +221,11 @@ def format_report(report: dict[str, Any]) -> str:
     )
     ratio_text = ", ".join(f"{k} {v:.2f}x" for k, v in report["ratios"].items())
     machine = report["machine"]
+    cpu = machine.get("cpu") or machine["device"]  # a GPU run: the GPU, then the host CPU
+    where = machine["device"] if machine["device"] == cpu else f"{machine['device']}; CPU {cpu}"
     lines.insert(
         0,
-        f"machine: {machine['device']}"
+        f"machine: {where}"
         f"{' (' + machine['cpu_family_model'] + ')' if machine.get('cpu_family_model') else ''}"
         f", {machine['cpu_count']} logical CPUs"
         f"{', ' + ' '.join(machine['isa']) if machine.get('isa') else ''}\n",
