@@ -123,6 +123,8 @@ def test_gpu_suite_runs_on_the_cpu_with_compile(tmp_path: Path) -> None:
     compiled = [v for v, b in rows if v.startswith("torch compiled default") and b == 1]
     assert len(compiled) == 1 and rows[(compiled[0], 1)]["images_per_s"] > 0
     assert rows[("torch eager fp32", 1)]["metrics"]["num_images"] == 4  # rendered, scored
+    # every timed training step (2 warm-up + 2 timed, one spare) in one epoch of batch 1
+    assert len((data / "manifest.jsonl").read_text().splitlines()) == 5
     assert any(v.startswith("train end-to-end") for v, _ in rows)
     assert any(k.startswith("torch_compiled_default_") for k in report["ratios"])
     text = doc.read_text()
