@@ -244,6 +244,29 @@ def test_training_model_only_steps_through_the_batches_end_to_end_loads(
     assert all(r.latency_ms > 0 and r.batch == 2 for r in rows)
 
 
+def test_loading_is_timed_in_one_process(tmp_path: Path) -> None:
+    """With workers, the next batch is one they loaded ahead, and its wait says nothing of
+    what loading costs: the loading row reads the same batches in this process."""
+    from perception.benchmark.speed import in_one_process
+    from perception.checkpoints import load_model
+    from perception.data.datamodule import PerceptionDataModule
+
+    loaded = load_model(write_tiny_release(tmp_path / "tiny.safetensors"))
+    data = tmp_path / "data"
+    write_dataset(data, num=6, seed=0, size=TINY_RELEASE_SIZE)
+    dm = PerceptionDataModule(
+        [str(data)], loaded.meta.class_names, image_size=TINY_RELEASE_SIZE, batch_size=2,
+        num_workers=1,
+    )  # fmt: skip
+    loader = dm.train_dataloader()
+    alone = in_one_process(loader)
+    assert loader.num_workers == 1 and alone.num_workers == 0
+    assert in_one_process(alone) is alone  # already in one process: the loader itself
+    by_workers = [float(b.images.float().sum()) for b in loader]
+    in_process = [float(b.images.float().sum()) for b in alone]
+    assert len(by_workers) == 3 and in_process == by_workers  # the same batches
+
+
 def test_cpu_info_reads_the_first_processor(tmp_path: Path) -> None:
     from perception.benchmark.machine import cpu_info
 

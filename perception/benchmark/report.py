@@ -156,7 +156,8 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
             out.append((name, f"{mine:.0f} img/s ({ratio:.2f}x)", ratio >= 3))
         if "train_end_to_end_vs_model_only" in r:
             value = r["train_end_to_end_vs_model_only"]
-            out.append(("training end to end >= 70 % of model-only", f"{value:.0%}", value >= 0.7))
+            measured = f"{value:.0%}{_loading_cost(r)}"
+            out.append(("training end to end >= 70 % of model-only", measured, value >= 0.7))
         return out
     out += _peer_targets(r)
     if "ort_int8_vs_ort_fp32" in r:
@@ -169,11 +170,17 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
         out.append(("Predictor torch within 1.5x of onnxruntime", f"{value:.2f}x", value <= 1.5))
     if "train_end_to_end_vs_model_only" in r:
         value = r["train_end_to_end_vs_model_only"]
-        measured = f"{value:.0%}"
-        if "train_loading_vs_model_only" in r:
-            measured += f" (loading a batch: {r['train_loading_vs_model_only']:.0%} of a step)"
+        measured = f"{value:.0%}{_loading_cost(r)}"
         out.append(("training end to end >= 90 % of model-only", measured, value >= 0.9))
     return out
+
+
+def _loading_cost(r: dict[str, float]) -> str:
+    """What bounds end to end: loading one batch in one process, in model-only steps
+    (workers divide it among themselves)."""
+    if "train_loading_vs_model_only" not in r:
+        return ""
+    return f" (loading a batch in one process: {r['train_loading_vs_model_only']:.0%} of a step)"
 
 
 def _peer_targets(r: dict[str, float]) -> list[tuple[str, str, bool]]:
