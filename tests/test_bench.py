@@ -215,25 +215,32 @@ def test_a_peer_that_cannot_take_the_input_is_named() -> None:
         check_runs("x:y", torch.nn.Linear(5, 2), (64, 96))
 
 
+def _tiny_training(tmp_path: Path, num: int, workers: int):
+    """The tiny release and a training loader of batch 2 over ``num`` rendered images."""
+    from perception.checkpoints import load_model
+    from perception.data.datamodule import PerceptionDataModule
+
+    loaded = load_model(write_tiny_release(tmp_path / "tiny.safetensors"))
+    data = tmp_path / "data"
+    write_dataset(data, num=num, seed=0, size=TINY_RELEASE_SIZE)
+    dm = PerceptionDataModule(
+        [str(data)], loaded.meta.class_names, image_size=TINY_RELEASE_SIZE, batch_size=2,
+        num_workers=workers,
+    )  # fmt: skip
+    return loaded.model, dm.train_dataloader()
+
+
 def test_training_model_only_steps_through_the_batches_end_to_end_loads(
     tmp_path: Path,
 ) -> None:
     """The two training rows differ by the loading only: model-only trains on the very
     batches the end-to-end row then loads afresh (one reused batch made the ratio a draw)."""
     from perception.benchmark.speed import training_throughput
-    from perception.checkpoints import load_model
-    from perception.data.datamodule import PerceptionDataModule
 
-    loaded = load_model(write_tiny_release(tmp_path / "tiny.safetensors"))
-    data = tmp_path / "data"
-    write_dataset(data, num=8, seed=0, size=TINY_RELEASE_SIZE)
-    dm = PerceptionDataModule(
-        [str(data)], loaded.meta.class_names, image_size=TINY_RELEASE_SIZE, batch_size=2,
-        num_workers=0,
-    )  # fmt: skip
+    model, loader = _tiny_training(tmp_path, num=8, workers=0)
     seen = []  # a fingerprint of each batch the network is stepped on
-    loaded.model.register_forward_hook(lambda m, args, out: seen.append(float(args[0].sum())))
-    rows = training_throughput(loaded.model, dm.train_dataloader(), torch.device("cpu"), 3)
+    model.register_forward_hook(lambda m, args, out: seen.append(float(args[0].sum())))
+    rows = training_throughput(model, loader, torch.device("cpu"), 3)
     assert [r.variant for r in rows] == [
         "train model-only fp32 channels_last",
         "train end-to-end fp32 channels_last",
@@ -248,17 +255,8 @@ def test_loading_is_timed_in_one_process(tmp_path: Path) -> None:
     """With workers, the next batch is one they loaded ahead, and its wait says nothing of
     what loading costs: the loading row reads the same batches in this process."""
     from perception.benchmark.speed import in_one_process
-    from perception.checkpoints import load_model
-    from perception.data.datamodule import PerceptionDataModule
 
-    loaded = load_model(write_tiny_release(tmp_path / "tiny.safetensors"))
-    data = tmp_path / "data"
-    write_dataset(data, num=6, seed=0, size=TINY_RELEASE_SIZE)
-    dm = PerceptionDataModule(
-        [str(data)], loaded.meta.class_names, image_size=TINY_RELEASE_SIZE, batch_size=2,
-        num_workers=1,
-    )  # fmt: skip
-    loader = dm.train_dataloader()
+    _, loader = _tiny_training(tmp_path, num=6, workers=1)
     alone = in_one_process(loader)
     assert loader.num_workers == 1 and alone.num_workers == 0
     assert in_one_process(alone) is alone  # already in one process: the loader itself
