@@ -7,6 +7,7 @@ import argparse
 import os
 
 from perception.cli_args import positive_int, size
+from perception.ops.cpus import usable_cpus
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -64,8 +65,8 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workers",
         type=positive_int,
-        default=os.cpu_count() or 1,
-        help="render processes (default: all cores)",
+        default=usable_cpus(),
+        help="render processes (default: every CPU this process may use)",
     )
     p.add_argument("--preview", default=None, help="also write a contact sheet PNG here")
     p.add_argument(

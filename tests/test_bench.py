@@ -286,7 +286,10 @@ def test_the_machine_counts_the_cpus_the_process_may_use(monkeypatch: pytest.Mon
     import os
 
     from perception.benchmark.machine import describe_machine
+    from perception.ops.cpus import default_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     machine = describe_machine(torch.device("cpu"))
     assert machine["cpu_count"] == 2 and machine["ort_threads"] == 2
+    # onnxruntime sessions get what the description says: the usable CPUs, or the request
+    assert default_threads() == 2 and default_threads(3) == 3

@@ -20,7 +20,6 @@ else in that file is kept), with the targets met or missed. The same code runs o
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -28,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from perception.cli_args import positive_int, size
+from perception.ops.cpus import usable_cpus
 from perception.structures import COMPILE_MODES
 
 RELEASE = "weights/perception-r18-synth-288x480.safetensors"
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=default_workers(),
-        help="data workers for training rows (default: every CPU but two, at most 16)",
+        help="data workers for training rows (default: every usable CPU but two, at most 16)",
     )
     p.add_argument("--eval-images", type=positive_int, default=200, help="images per accuracy row")
     p.add_argument("--data", default="data/bench_384x640", help="v1 set (rendered if missing)")
@@ -66,9 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_workers() -> int:
     """Loading workers for the end-to-end training rows: a GPU steps a batch of 32 faster
-    than eight workers augment one, so take the machine's cores, less two for the process
-    that feeds the GPU."""
-    return max(1, min(16, (os.cpu_count() or 1) - 2))
+    than eight workers augment one, so take the usable CPUs, less two for the process that
+    feeds the GPU."""
+    return max(1, min(16, usable_cpus() - 2))
 
 
 def images_to_render(args: argparse.Namespace) -> int:

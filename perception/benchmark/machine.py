@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from perception.ops.cpus import default_threads, usable_cpus
+
 # /proc/cpuinfo flag -> the name users know (in the order they matter for inference)
 ISA_FLAGS: dict[str, str] = {
     "avx2": "AVX2",
@@ -38,20 +40,11 @@ def describe_machine(dev: torch.device, threads: int | None = None) -> dict[str,
         "cpu_count": usable_cpus(),
         "isa": [name for flag, name in ISA_FLAGS.items() if flag in cpu["flags"]],
         "torch_threads": torch.get_num_threads(),
-        "ort_threads": threads or min(4, usable_cpus()),
+        "ort_threads": default_threads(threads),
         "python": platform.python_version(),
         **{lib: _version(lib) for lib in LIBRARIES},
         "torch": torch.__version__,  # with its build tag (+cpu, +cu130)
     }
-
-
-def usable_cpus() -> int:
-    """The logical CPUs this process may run on: fewer than the machine has under
-    ``taskset`` or a container's CPU set, and those are the ones a figure was measured on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity call on this platform (macOS)
-        return os.cpu_count() or 1
 
 
 def cpu_info(path: str | os.PathLike = "/proc/cpuinfo") -> dict[str, Any]:

@@ -200,8 +200,8 @@ def in_one_process(loader: torch.utils.data.DataLoader) -> torch.utils.data.Data
     """``loader`` without worker processes: the same batches, loaded in this process. The
     loading row times this: with workers, ``next`` only waits for a batch they loaded
     ahead (0.3 ms against a 41 ms step on a GPU), which says nothing of what a batch costs;
-    in one process it is that cost, and ``workers`` processes load about that many
-    times as fast."""
+    in one process it is that cost, which ``workers`` processes share (at best they load
+    that many times as fast)."""
     if loader.num_workers == 0:
         return loader
     return torch.utils.data.DataLoader(

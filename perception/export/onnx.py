@@ -49,6 +49,7 @@ from perception.export.nms import NMSConfig, detect, onnx_class_nms
 from perception.models import MultiTaskModel
 from perception.models.fold import fold_batchnorm
 from perception.ops.camera import depth_scale
+from perception.ops.cpus import default_threads
 from perception.postprocess.dense import depth_metres
 
 INPUT_NAME = "images"
@@ -352,7 +353,7 @@ def cpu_session(onnx_path: str | os.PathLike, threads: int | None = None, spin: 
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or max(1, min(4, os.cpu_count() or 1))
+    opts.intra_op_num_threads = default_threads(threads)
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
