@@ -16,11 +16,7 @@ from perception.data.synthetic.writer import write_dataset
 from perception.data.transforms import IGNORE
 from perception.errors import PerceptionError
 from perception.training.module import PerceptionModule
-from perception.training.pseudo import (
-    confident_labels,
-    pseudo_label_road_depth,
-    pseudo_label_segmentation,
-)
+from perception.training.pseudo import confident_labels, pseudo_label_segmentation
 
 SIZE = (64, 96)
 NET = {"backbone": "resnet18", "neck_width": 16, "head_width": 16}
@@ -37,20 +33,6 @@ class FixedTeacher(nn.Module):
     def forward(self, images: torch.Tensor) -> SimpleNamespace:
         self.modes.append(self.training)
         return SimpleNamespace(seg_logits=self.logits.expand(len(images), -1, -1, -1))
-
-
-class DepthTeacher(nn.Module):
-    """Returns the same canonical log depth for every image, at half the input resolution."""
-
-    def __init__(self, log_depth: float) -> None:
-        super().__init__()
-        self.log_depth = log_depth
-        self.modes: list[bool] = []
-
-    def forward(self, images: torch.Tensor) -> SimpleNamespace:
-        self.modes.append(self.training)
-        h, w = images.shape[-2] // 2, images.shape[-1] // 2
-        return SimpleNamespace(depth_log=torch.full((len(images), 1, h, w), self.log_depth))
 
 
 @pytest.fixture(scope="module")
@@ -158,29 +140,6 @@ def test_only_the_chosen_channels_are_filled(partial_sets) -> None:
     assert same is lane_missing and rows == 0
 
 
-def test_road_depth_labels_fill_the_drivable_area_of_depthless_images(partial_sets) -> None:
-    """Rows 0-1 (road labels, no depth) get the teacher's metric depth on their drivable
-    pixels and 0 elsewhere; the depth rows keep their real labels bit for bit."""
-    batch = _batch(*partial_sets)
-    teacher = DepthTeacher(log_depth=float(torch.tensor(20.0).log()))
-    teacher.train()
-    focal = 250.0
-    new, rows = pseudo_label_road_depth(teacher, batch.images.float() / 255, batch, focal)
-    assert rows == 2 and teacher.modes == [False] and teacher.training
-    assert new.has_depth.tolist() == [True] * 4 and batch.has_depth.tolist()[:2] == [False] * 2
-    assert torch.equal(new.depth[2:], batch.depth[2:]) and (batch.depth[:2] == 0).all()
-    road = (batch.drivable[:2] == 1) & batch.valid[:2]
-    assert road.any() and (~road).any()
-    fx, fy = batch.camera[:2, 0], batch.camera[:2, 1]
-    metric = 20.0 * (fx * fy).sqrt() / focal  # canonical 20 m at each image's focal
-    expected = torch.where(road, metric[:, None, None], 0.0)
-    torch.testing.assert_close(new.depth[:2], expected)
-    unknown = _batch(*partial_sets)
-    unknown.camera[:] = float("nan")  # a camera-aware model cannot scale these rows
-    same, rows = pseudo_label_road_depth(teacher, batch.images.float() / 255, unknown, focal)
-    assert same is unknown and rows == 0
-
-
 def _module(**kwargs) -> PerceptionModule:
     torch.manual_seed(0)
     return PerceptionModule(
@@ -214,47 +173,6 @@ def test_the_training_step_trains_lanes_on_depth_only_images(partial_sets) -> No
     assert parts["on"]["lane_bce"] > 0 and parts["drivable"]["lane_bce"] == 0
 
 
-def test_the_training_step_trains_depth_on_the_road_of_lane_only_images(partial_sets) -> None:
-    """Lane-only images give the depth loss nothing, unless road depth labels are on and
-    ``seg_pseudo_start`` has passed."""
-    batch = _batch(partial_sets[0])  # boxes, lanes, drivable; no depth
-    depth = {}
-    for name, kwargs in {
-        "off": {},
-        "on": {"depth_pseudo_road": True, "seg_pseudo_start": 0},
-        "later": {"depth_pseudo_road": True, "seg_pseudo_start": 5},
-    }.items():
-        module = _module(**kwargs)
-        module.log = module.log_dict = lambda *a, **k: None  # no trainer attached
-        images = module.float_images(batch)
-        labeled = module.pseudo_label(images, batch)
-        _, parts = module.loss(module.model(images), labeled, *module.points(images))
-        depth[name] = parts["depth"]
-    assert depth["off"] == 0 and depth["later"] == 0
-    assert depth["on"] > 0
-
-
-def test_road_depth_as_a_term_of_its_own_leaves_the_depth_loss_alone(partial_sets) -> None:
-    """``depth_pseudo_road_term``: the road labels of the depth-less images are a separate
-    term, ``weight`` x the depth task's weight; the real labels' depth loss is unchanged."""
-    batch = _batch(*partial_sets)  # rows 0-1 road labels, rows 2-3 depth
-    totals, logged = {}, {}
-    for name, kwargs in {
-        "off": {},
-        "on": {"depth_pseudo_road_term": 0.5, "seg_pseudo_start": 0},
-    }.items():
-        module = _module(**kwargs)
-        into = logged[name] = {}
-        module.log_dict = lambda values, into=into, **k: into.update(values)
-        module.log = lambda key, value, into=into, **k: into.update({key: value})
-        totals[name] = module.training_step(batch, 0).detach()
-    on = logged["on"]
-    assert on["train/pseudo_depth_labeled"] == 2 and on["train/depth_road"] > 0
-    assert on["train/depth"] == logged["off"]["train/depth"]
-    added = 0.5 * on["train/weight_depth"] * on["train/depth_road"]
-    torch.testing.assert_close(totals["on"], totals["off"] + added)
-
-
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(PerceptionError, match="seg_pseudo_labels must be 0"):
         _module(seg_pseudo_labels=0.4)
@@ -264,5 +182,3 @@ def test_bad_settings_are_refused() -> None:
         _module(seg_pseudo_labels=0.9, seg_pseudo_channels=["road"])
     with pytest.raises(PerceptionError, match="seg_pseudo_channels must be among"):
         _module(seg_pseudo_labels=0.9, seg_pseudo_channels=[])
-    with pytest.raises(PerceptionError, match="depth_pseudo_road needs the EMA"):
-        PerceptionModule(list(CLASSES), SIZE, net=NET, ema_decay=0, depth_pseudo_road=True)

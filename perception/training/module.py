@@ -22,19 +22,16 @@ from perception.data.synthetic.scene import CLASSES
 from perception.errors import PerceptionError
 from perception.evaluation.distributed import gather_suites
 from perception.evaluation.metrics import MetricsSuite, combined_score
-from perception.losses.depth import DepthLoss
 from perception.losses.multitask import LossConfig, build_combiner, build_loss
 from perception.models import ModelConfig, build_model
 from perception.ops.distributed import all_reduce_sum, world_size
 from perception.structures import TASKS, Batch, HeadOutputs
-from perception.training.contact_depth import calibrated_batch, contact_labels, label_log_error
 from perception.training.ema import ModelEMA
 from perception.training.nonfinite import ACTIONS, describe, nonfinite_grads, nonfinite_terms
 from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
 from perception.training.pseudo import (
     check_channels,
     check_threshold,
-    pseudo_label_road_depth,
     pseudo_label_segmentation,
 )
 
@@ -81,14 +78,6 @@ class PerceptionModule(L.LightningModule):
         seg_pseudo_start: optimizer step from which they are made (the EMA of the first
             steps is close to the random initialisation).
         seg_pseudo_channels: which of ``lane`` and ``drivable`` get pseudo-labels.
-        depth_pseudo_road: from ``seg_pseudo_start``, the EMA's depth becomes the label on
-            the drivable area of images with drivable-area labels but no depth. Needs the EMA.
-        depth_pseudo_road_term: the same road labels as a loss term of their own, this
-            weight relative to the depth task (0 = off), so they do not enter the depth
-            task's per-image mean beside the real labels.
-        box_depth_pseudo: from ``seg_pseudo_start``, calibrated ground-contact depth labels
-            for the boxes of images without depth (``training.contact_depth``), as a term
-            of this weight relative to the depth task; 0 = off. Needs the EMA.
         overlay_images: prediction overlays drawn at each validation (0 = off).
         init_weights: a release ``.safetensors`` or ``.ckpt`` to start from (fine-tuning at
             another input size or on other data; ``checkpoints.init_from``). Not a resume:
@@ -121,9 +110,6 @@ class PerceptionModule(L.LightningModule):
         seg_pseudo_labels: float = 0.0,
         seg_pseudo_start: int = 300,
         seg_pseudo_channels: Sequence[str] = ("lane", "drivable"),
-        depth_pseudo_road: bool = False,
-        depth_pseudo_road_term: float = 0.0,
-        box_depth_pseudo: float = 0.0,
         overlay_images: int = 4,
         init_weights: str | None = None,
         untrained_tasks: Sequence[str] = (),
@@ -149,13 +135,8 @@ class PerceptionModule(L.LightningModule):
         check_threshold(seg_pseudo_labels)
         check_channels(seg_pseudo_channels)
         seg_pseudo_channels = list(seg_pseudo_channels)  # a plain list in the hyperparameters
-        for name, on in (
-            ("seg_pseudo_labels", seg_pseudo_labels),
-            ("depth_pseudo_road", depth_pseudo_road),
-            ("depth_pseudo_road_term", depth_pseudo_road_term),
-        ):
-            if on and ema_decay <= 0:
-                raise PerceptionError(f"model.{name} needs the EMA (model.ema_decay > 0)")
+        if seg_pseudo_labels and ema_decay <= 0:
+            raise PerceptionError("model.seg_pseudo_labels needs the EMA (model.ema_decay > 0)")
         class_names = list(class_names)  # plain values in the checkpoint (read by
         net = dataclasses.asdict(net_cfg)  # save_hyperparameters from these locals)
         loss = dataclasses.asdict(loss_cfg)
@@ -183,8 +164,6 @@ class PerceptionModule(L.LightningModule):
         self._log_dir: str | None = None  # where validation overlays go
         self._points: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.nonfinite_steps = 0  # skipped so far (saved in the checkpoint)
-        self.contact_log_bias: float | None = None  # running correction of contact labels
-        self.contact_loss = DepthLoss(canonical_focal=net_cfg.canonical_focal, grad_weight=0.0)
         self._loss_ok = False  # this step's loss was finite (the EMA takes the step in)
         self._step_ids: list[str] = []
 
@@ -252,24 +231,8 @@ class PerceptionModule(L.LightningModule):
             return None
         images = self.float_images(batch)
         batch = self.pseudo_label(images, batch)
-        contact = self.contact_batch(images, batch)
-        road = self.road_batch(images, batch)
         outputs = self.model(images)
         total, parts = self.loss(outputs, batch, *self.points(images))
-        if road is not None:
-            term = self.contact_loss(
-                outputs.depth_log, road.depth, road.valid, road.has_depth, road.camera
-            ).total
-            weight = self.hparams.depth_pseudo_road_term * parts["weight_depth"].detach()
-            total = total + weight * term
-            parts = {**parts, "depth_road": term}
-        if contact is not None:
-            term = self.contact_loss(
-                outputs.depth_log, contact.depth, contact.valid, contact.has_depth, contact.camera
-            ).total
-            weight = self.hparams.box_depth_pseudo * parts["weight_depth"].detach()
-            total = total + weight * term
-            parts = {**parts, "depth_contact": term}
         self._step_ids = list(batch.ids)
         bad = nonfinite_terms(total, parts)
         if self._any_rank(bool(bad)):
@@ -290,62 +253,18 @@ class PerceptionModule(L.LightningModule):
         """``batch`` with the EMA's lane / drivable pseudo-labels on the images that lack
         them (``training.pseudo``), once ``seg_pseudo_start`` steps have passed; else as is."""
         threshold = self.hparams.seg_pseudo_labels  # > 0 only with an EMA (``__init__``)
-        road_depth = self.hparams.get("depth_pseudo_road", False)
-        if not (threshold or road_depth) or self.global_step < self.hparams.seg_pseudo_start:
+        if not threshold or self.global_step < self.hparams.seg_pseudo_start:
             return batch
-        if road_depth:  # before the drivable pseudo-labels: only real road labels count
-            batch, rows = pseudo_label_road_depth(
-                self.ema.module, images, batch, self.model.canonical_focal
-            )
-            self.log("train/pseudo_depth_labeled", float(rows), batch_size=len(batch))
-        if threshold:
-            batch, rows = pseudo_label_segmentation(
-                self.ema.module,
-                images,
-                batch,
-                threshold,
-                self.model.num_seg,
-                self.hparams.seg_pseudo_channels,
-            )
-            self.log("train/pseudo_labeled", float(rows), batch_size=len(batch))
-        return batch
-
-    def road_batch(self, images: torch.Tensor, batch: Batch) -> Batch | None:
-        """The EMA's depth on the labeled road of the images without depth, as a batch of
-        its own (a separate loss term), once ``seg_pseudo_start`` has passed; else None."""
-        weight = self.hparams.get("depth_pseudo_road_term", 0.0)
-        if not weight or self.global_step < self.hparams.seg_pseudo_start:
-            return None
-        new, rows = pseudo_label_road_depth(
-            self.ema.module, images, batch, self.model.canonical_focal
+        batch, rows = pseudo_label_segmentation(
+            self.ema.module,
+            images,
+            batch,
+            threshold,
+            self.model.num_seg,
+            self.hparams.seg_pseudo_channels,
         )
-        self.log("train/pseudo_depth_labeled", float(rows), batch_size=len(batch))
-        if rows == 0:
-            return None
-        filled = new.has_depth & ~batch.has_depth.bool()  # [B]
-        depth = torch.where(filled[:, None, None], new.depth, 0.0)
-        return dataclasses.replace(new, depth=depth, has_depth=filled)
-
-    def contact_batch(self, images: torch.Tensor, batch: Batch) -> Batch | None:
-        """Calibrated contact depth labels for the boxes of the images without depth
-        (``training.contact_depth``) once ``seg_pseudo_start`` has passed; else None. The
-        correction is a running mean (momentum 0.9) of the labels' log error on the
-        depth-labeled images of each batch."""
-        if not self.hparams.box_depth_pseudo or self.global_step < self.hparams.seg_pseudo_start:
-            return None
-        labels, _ = contact_labels(self.ema.module, images, batch, self.model.canonical_focal)
-        error = label_log_error(labels, batch)
-        if error is not None:
-            error = float(error)
-            bias = self.contact_log_bias
-            self.contact_log_bias = error if bias is None else 0.9 * bias + 0.1 * error
-        if self.contact_log_bias is None:
-            return None
-        self.log("train/contact_log_bias", self.contact_log_bias, batch_size=len(batch))
-        contact = calibrated_batch(labels, batch, self.contact_log_bias)
-        rows = 0.0 if contact is None else float(contact.has_depth.sum())
-        self.log("train/contact_depth_labeled", rows, batch_size=len(batch))
-        return contact
+        self.log("train/pseudo_labeled", float(rows), batch_size=len(batch))
+        return batch
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         bad = nonfinite_grads(self.model)
@@ -373,11 +292,9 @@ class PerceptionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_steps"] = self.nonfinite_steps
-        checkpoint["contact_log_bias"] = self.contact_log_bias
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
-        self.contact_log_bias = checkpoint.get("contact_log_bias")
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimizer step, then the EMA takes it in: once per optimizer step (not per

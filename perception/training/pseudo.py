@@ -24,8 +24,7 @@ from torch import nn
 from perception.data.transforms import IGNORE
 from perception.errors import PerceptionError
 from perception.losses.segmentation import CHANNELS
-from perception.ops.camera import depth_scale
-from perception.structures import Batch, HeadOutputs
+from perception.structures import Batch
 
 
 def check_channels(fill: Sequence[str]) -> None:
@@ -58,34 +57,24 @@ def confident_labels(prob: torch.Tensor, valid: torch.Tensor, threshold: float) 
 
 
 @torch.no_grad()
-def teacher_outputs(teacher: nn.Module, images: torch.Tensor) -> HeadOutputs:
-    """The teacher's raw outputs for ``images`` ``[N, 3, H, W]``.
+def teacher_seg_prob(
+    teacher: nn.Module, images: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """``images`` ``[N, 3, H, W]`` -> the teacher's ``[N, S, *size]`` float probabilities.
 
     Runs in eval mode (running BatchNorm statistics: a train-mode forward would move the
     teacher's averages, and the statistics of a few images are noisy), then restores the
-    mode it found.
+    mode it found. Logits are resized bilinearly to the label size, as the loss does.
     """
     was_training = teacher.training
     teacher.eval()
     try:
-        return teacher(images)
+        logits = teacher(images).seg_logits.float()  # [N, S, h, w]
     finally:
         teacher.train(was_training)
-
-
-def _resized(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``[N, C, h, w]`` -> float ``[N, C, *size]``, bilinear as the losses resize."""
-    maps = maps.float()
-    if maps.shape[-2:] != size:
-        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-    return maps
-
-
-def teacher_seg_prob(
-    teacher: nn.Module, images: torch.Tensor, size: tuple[int, int]
-) -> torch.Tensor:
-    """``images`` ``[N, 3, H, W]`` -> the teacher's ``[N, S, *size]`` float probabilities."""
-    return _resized(teacher_outputs(teacher, images).seg_logits, size).sigmoid()
+    if logits.shape[-2:] != size:
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return logits.sigmoid()
 
 
 def pseudo_label_segmentation(
@@ -131,40 +120,3 @@ def pseudo_label_segmentation(
         batch, lane=labels[0], drivable=labels[1], has_lane=filled[0], has_drivable=filled[1]
     )
     return new, int(missing.sum())
-
-
-def pseudo_label_road_depth(
-    teacher: nn.Module, images: torch.Tensor, batch: Batch, canonical_focal: float
-) -> tuple[Batch, int]:
-    """Depth labels from ``teacher`` on the labeled road of the images that lack depth.
-
-    The road is where a partially trained model's depth is best (its error there is about
-    half the image's), so an image with drivable-area labels but no depth gets the
-    teacher's metric depth on its drivable pixels and nothing elsewhere (0 = no
-    measurement, as for sparse LiDAR). Images whose camera is unknown to a camera-aware
-    model are left alone.
-
-    Args:
-        teacher: the EMA model.
-        images: ``[B, 3, H, W]`` float network input of ``batch``.
-        batch: the batch; rows with ``has_depth`` keep their labels.
-        canonical_focal: the model's (0 = camera-blind).
-
-    Returns:
-        ``(batch, rows)``: a new batch whose filled rows are flagged depth-labeled, and how
-        many images got labels. ``batch`` itself is not modified.
-    """
-    scale = depth_scale(batch.camera, canonical_focal)  # [B]
-    rows = batch.has_drivable.bool() & ~batch.has_depth.bool() & scale.isfinite() & (scale > 0)
-    if not bool(rows.any()):
-        return batch, 0
-    where = rows.nonzero().squeeze(1)  # [N]
-    size = tuple(batch.depth.shape[-2:])
-    log_depth = _resized(teacher_outputs(teacher, images[where]).depth_log, size)[:, 0]
-    metric = (log_depth + scale[where].log()[:, None, None]).exp()  # [N, H, W] metres
-    road = (batch.drivable[where] == 1) & batch.valid[where]  # [N, H, W]
-    depth = batch.depth.clone()
-    depth[where] = torch.where(road, metric, 0.0)
-    has_depth = batch.has_depth.clone()
-    has_depth[where] = True
-    return dataclasses.replace(batch, depth=depth, has_depth=has_depth), int(rows.sum())
