@@ -99,29 +99,28 @@ def test_heights_are_measured_on_the_depth_labeled_images_once_there_are_enough(
     assert sizes.count.sum() == MIN_COUNT
 
 
-def test_the_term_is_the_l1_log_error_of_each_core_mean_on_depth_less_images() -> None:
+def test_depth_less_images_get_the_size_depth_on_the_cores_of_their_clean_boxes() -> None:
     """A car 1.5 m tall drawn 20 px tall by focal 50 is 3.75 m away; the depth-labeled row
-    and the unclean box add nothing, and only core pixels of the depth-less row get a
-    gradient."""
+    and the unclean box get nothing."""
     sizes = _measured(1.5)
-    batch = _batch([False, True, False], [[BOX], [BOX], [[0.0, 8.0, 8.0, 28.0]]],
-                   torch.zeros((3, H, W)))  # fmt: skip
-    canonical = 100.0  # metric = canonical x FY / 100: canonical depth is 3.75 x 2 m
-    depth_log = torch.full((3, 1, H, W), math.log(7.5 * math.exp(0.1)), requires_grad=True)
-    term, boxes = sizes.loss(depth_log, batch, canonical)
-    assert boxes == 1
-    assert term.item() == pytest.approx(0.1, abs=1e-5)
-    term.backward()
-    grad = depth_log.grad[:, 0]
-    assert grad[0, 16:28, 12:17].gt(0).all()  # pixel centres inside the core
-    assert int(grad[0].ne(0).sum()) == 12 * 5 and not grad[1:].any()
+    far = [14.0, 20.0, 40.0, 30.0]  # 10 px tall: 7.5 m
+    boxes = [[BOX], [BOX], [[0.0, 8.0, 8.0, 28.0]], [far]]
+    batch = _batch([False, True, False, False], boxes, torch.zeros((4, H, W)))
+    labeled = sizes.labeled(batch)
+    assert labeled.has_depth.tolist() == [True, False, False, True]
+    expected = torch.zeros((H, W))
+    expected[16:28, 12:17] = 3.75  # pixel centres inside BOX's core
+    assert torch.equal(labeled.depth[0], expected)
+    assert not labeled.depth[1:3].any()
+    assert labeled.depth[3].unique().tolist() == [0.0, 7.5]
+    assert not batch.has_depth[0] and not batch.depth.any()  # the input is not modified
 
 
-def test_no_clean_box_or_no_height_gives_a_zero_term_in_the_graph() -> None:
+def test_no_clean_box_or_no_height_gives_no_labels() -> None:
     batch = _batch([False], [[BOX]], torch.zeros((1, H, W)))
-    depth_log = torch.zeros((1, 1, H, W), requires_grad=True)
-    term, boxes = SizeDepth(len(CLASSES)).loss(depth_log, batch, 100.0)  # nothing measured
-    assert boxes == 0 and term.item() == 0.0 and term.requires_grad
+    assert SizeDepth(len(CLASSES)).labeled(batch) is None  # nothing measured yet
+    unclean = _batch([False], [[[0.0, 8.0, 8.0, 28.0]]], torch.zeros((1, H, W)))
+    assert _measured(1.5).labeled(unclean) is None
 
 
 SIZE = (64, 96)
@@ -163,7 +162,7 @@ def test_the_step_adds_the_term_times_the_depth_weight_and_keeps_the_heights(mix
         module.on_save_checkpoint(saved.setdefault(name, {}))
     assert "train/depth_size" not in logged["off"] and "size_depth" not in saved["off"]
     on, checkpoint = logged["on"], saved["on"]
-    assert on["train/size_depth_boxes"] >= 1 and on["train/depth_size"] > 0
+    assert on["train/size_depth_labeled"] >= 1 and on["train/depth_size"] > 0
     added = 0.5 * on["train/weight_depth"] * on["train/depth_size"]
     torch.testing.assert_close(totals["on"], totals["off"] + added)
     assert checkpoint["size_depth"]["count"] != [MIN_COUNT] * len(CLASSES)  # this batch counted

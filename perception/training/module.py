@@ -22,6 +22,7 @@ from perception.data.synthetic.scene import CLASSES
 from perception.errors import PerceptionError
 from perception.evaluation.distributed import gather_suites
 from perception.evaluation.metrics import MetricsSuite, combined_score
+from perception.losses.depth import DepthLoss
 from perception.losses.multitask import LossConfig, build_combiner, build_loss
 from perception.models import ModelConfig, build_model
 from perception.ops.distributed import all_reduce_sum, world_size
@@ -173,6 +174,7 @@ class PerceptionModule(L.LightningModule):
         self._points: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.nonfinite_steps = 0  # skipped so far (saved in the checkpoint)
         self.size_depth = SizeDepth(len(class_names)) if box_depth_size else None
+        self.size_loss = DepthLoss(canonical_focal=net_cfg.canonical_focal, grad_weight=0.0)
         self._loss_ok = False  # this step's loss was finite (the EMA takes the step in)
         self._step_ids: list[str] = []
 
@@ -284,8 +286,14 @@ class PerceptionModule(L.LightningModule):
         ``box_depth_size`` times the combiner's current depth weight; heights are measured
         on this batch first."""
         self.size_depth.observe(batch)
-        term, boxes = self.size_depth.loss(outputs.depth_log, batch, self.canonical_focal)
-        self.log("train/size_depth_boxes", float(boxes), batch_size=len(batch))
+        labeled = self.size_depth.labeled(batch)
+        rows = 0.0 if labeled is None else float(labeled.has_depth.sum())
+        self.log("train/size_depth_labeled", rows, batch_size=len(batch))
+        if labeled is None:
+            return total, parts
+        term = self.size_loss(
+            outputs.depth_log, labeled.depth, labeled.valid, labeled.has_depth, labeled.camera
+        ).total
         weight = self.hparams.box_depth_size * parts["weight_depth"].detach()
         return total + weight * term, {**parts, "depth_size": term}
 

@@ -15,18 +15,18 @@ padding is short too; a box must lie fully in view, overlap no other box, and be
 ``MIN_HEIGHT`` pixels tall. On the synthetic held-out split such labels are within 5.4 %
 of the truth per box on average, against 34 % when every box is used.
 
-The label constrains where an object is, not its shape: the term is the L1 error of the
-*mean* predicted log depth over each box's core (the middle half of its columns, the
-lower 60 % of its rows), so the model keeps its own depth differences inside the core.
+Each clean box's label covers its core (the middle half of its columns, the lower 60 % of
+its rows) and is trained as depth labels are (``losses.depth``), as a term of its own so
+the real labels keep their share of the depth loss.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
-import torch.nn.functional as F
 
 from perception.ops.boxes import box_masks
-from perception.ops.camera import depth_scale
 from perception.structures import Batch
 
 MIN_HEIGHT = 8.0  # network pixels: shorter boxes are mostly far and their heights coarse
@@ -76,7 +76,8 @@ def core_depth(depth: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor) ->
 class SizeDepth:
     """Per-class heights measured on the depth-labeled images, and the term they give.
 
-    ``observe`` each training batch, then ``loss``; ``state_dict`` goes in the checkpoint.
+    ``observe`` each training batch, then take its ``labeled`` copy; ``state_dict`` goes
+    in the checkpoint.
     """
 
     def __init__(self, num_classes: int) -> None:
@@ -104,27 +105,13 @@ class SizeDepth:
             self.log_height_sum.index_add_(0, classes, log_height)
             self.count.index_add_(0, classes, torch.ones_like(classes))
 
-    def loss(
-        self, depth_log: torch.Tensor, batch: Batch, canonical_focal: float
-    ) -> tuple[torch.Tensor, int]:
-        """Mean L1 log error of the cores of the clean boxes on images without depth.
-
-        Args:
-            depth_log: ``[B, 1, h, w]`` the model's canonical log depth.
-            batch: the batch it was predicted for.
-            canonical_focal: the model's (``perception.ops.camera``).
-
-        Returns:
-            ``(term, boxes)``: the scalar term (0, still in the graph, with no box) and the
-            number of boxes it averages.
-        """
+    def labeled(self, batch: Batch) -> Batch | None:
+        """A copy of ``batch`` whose images *without* depth carry the size labels on the
+        cores of their clean boxes (which never overlap), flagged depth-labeled, and whose
+        other images carry none; None when no such image got a label."""
+        heights = self.heights().to(batch.depth.device)  # [C]
         size = tuple(batch.depth.shape[-2:])
-        pred = depth_log.float()
-        if pred.shape[-2:] != size:
-            pred = F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
-        pred = pred[:, 0] + depth_scale(batch.camera, canonical_focal).log()[:, None, None]
-        heights = self.heights().to(pred.device)  # [C]
-        errors = []
+        depth = torch.zeros_like(batch.depth)  # [B, H, W]
         for row in (~batch.has_depth.bool()).nonzero().flatten().tolist():
             boxes, labels = batch.boxes[row], batch.labels[row]
             if len(boxes) == 0 or not bool(batch.camera[row].isfinite().all()):
@@ -133,15 +120,13 @@ class SizeDepth:
             if not bool(keep.any()):
                 continue
             boxes, labels = boxes[keep].float(), labels[keep]
-            target = (batch.camera[row, 1] * heights[labels] / (boxes[:, 3] - boxes[:, 1])).log()
+            z = batch.camera[row, 1] * heights[labels] / (boxes[:, 3] - boxes[:, 1])  # [M]
             inside = box_masks(cores(boxes), *size) & batch.valid[row]  # [M, H, W]
-            count = inside.flatten(1).sum(1)  # [M]
-            mean = torch.where(inside, pred[row], 0.0).flatten(1).sum(1) / count.clamp(min=1)
-            errors.append((mean - target).abs()[count > 0])
-        if not errors or not sum(len(e) for e in errors):
-            return depth_log.sum() * 0.0, 0
-        errors = torch.cat(errors)
-        return errors.mean(), len(errors)
+            depth[row] = torch.where(inside, z[:, None, None], 0.0).amax(0)  # [H, W]
+        rows = (depth > 0).flatten(1).any(1)  # [B]
+        if not bool(rows.any()):
+            return None
+        return dataclasses.replace(batch, depth=depth, has_depth=rows)
 
     def state_dict(self) -> dict[str, list]:
         """Plain lists, so the checkpoint stays loadable without this class."""
