@@ -24,7 +24,6 @@ import math
 import torch
 
 from perception.evaluation.depth import DepthEvaluator
-from perception.ops.boxes import box_masks
 from perception.structures import Batch
 
 DEPTH_REGIONS: tuple[str, ...] = ("road", "objects", "rest")
@@ -32,7 +31,12 @@ DEPTH_REGIONS: tuple[str, ...] = ("road", "objects", "rest")
 
 def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``[H, W]`` bool: pixels whose centre lies inside any of ``boxes`` ``[N, 4]`` xyxy."""
-    return box_masks(boxes, height, width).any(0)
+    rows = torch.arange(height, device=boxes.device) + 0.5  # [H] pixel centres
+    cols = torch.arange(width, device=boxes.device) + 0.5  # [W]
+    x0, y0, x1, y1 = boxes[:, 0:1], boxes[:, 1:2], boxes[:, 2:3], boxes[:, 3:4]  # [N, 1]
+    inside_x = (cols >= x0) & (cols < x1)  # [N, W]
+    inside_y = (rows >= y0) & (rows < y1)  # [N, H]
+    return (inside_y[:, :, None] & inside_x[:, None, :]).any(0)  # [H, W]
 
 
 def region_masks(batch: Batch) -> dict[str, torch.Tensor]:

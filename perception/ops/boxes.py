@@ -223,17 +223,6 @@ def _intersection(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # the loss and postprocess both call ``decode_box_dist``, so they cannot disagree.
 
 
-def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``[N, H, W]`` bool: the pixels whose centre lies inside each of ``boxes`` ``[N, 4]``
-    xyxy (pixel ``(r, c)`` has its centre at ``(c + 0.5, r + 0.5)``)."""
-    rows = torch.arange(height, device=boxes.device) + 0.5  # [H] pixel centres
-    cols = torch.arange(width, device=boxes.device) + 0.5  # [W]
-    x0, y0, x1, y1 = boxes[:, 0:1], boxes[:, 1:2], boxes[:, 2:3], boxes[:, 3:4]  # [N, 1]
-    inside_x = (cols >= x0) & (cols < x1)  # [N, W]
-    inside_y = (rows >= y0) & (rows < y1)  # [N, H]
-    return inside_y[:, :, None] & inside_x[:, None, :]  # [N, H, W]
-
-
 def distances_to_boxes(points: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
     """Side distances from points to xyxy boxes.
 

@@ -22,7 +22,6 @@ from perception.data.synthetic.scene import CLASSES
 from perception.errors import PerceptionError
 from perception.evaluation.distributed import gather_suites
 from perception.evaluation.metrics import MetricsSuite, combined_score
-from perception.losses.depth import DepthLoss
 from perception.losses.multitask import LossConfig, build_combiner, build_loss
 from perception.models import ModelConfig, build_model
 from perception.ops.distributed import all_reduce_sum, world_size
@@ -35,7 +34,6 @@ from perception.training.pseudo import (
     check_threshold,
     pseudo_label_segmentation,
 )
-from perception.training.size_depth import SizeDepth
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +78,6 @@ class PerceptionModule(L.LightningModule):
         seg_pseudo_start: optimizer step from which they are made (the EMA of the first
             steps is close to the random initialisation).
         seg_pseudo_channels: which of ``lane`` and ``drivable`` get pseudo-labels.
-        box_depth_size: depth labels for the clean boxes of images without depth, from
-            their pixel height and their class's height measured on the depth-labeled
-            images (``training.size_depth``), as a term of this weight relative to the
-            depth task; 0 = off.
         overlay_images: prediction overlays drawn at each validation (0 = off).
         init_weights: a release ``.safetensors`` or ``.ckpt`` to start from (fine-tuning at
             another input size or on other data; ``checkpoints.init_from``). Not a resume:
@@ -116,7 +110,6 @@ class PerceptionModule(L.LightningModule):
         seg_pseudo_labels: float = 0.0,
         seg_pseudo_start: int = 300,
         seg_pseudo_channels: Sequence[str] = ("lane", "drivable"),
-        box_depth_size: float = 0.0,
         overlay_images: int = 4,
         init_weights: str | None = None,
         untrained_tasks: Sequence[str] = (),
@@ -142,8 +135,6 @@ class PerceptionModule(L.LightningModule):
         check_threshold(seg_pseudo_labels)
         check_channels(seg_pseudo_channels)
         seg_pseudo_channels = list(seg_pseudo_channels)  # a plain list in the hyperparameters
-        if box_depth_size < 0:
-            raise PerceptionError(f"model.box_depth_size must be >= 0, got {box_depth_size}")
         if seg_pseudo_labels and ema_decay <= 0:
             raise PerceptionError("model.seg_pseudo_labels needs the EMA (model.ema_decay > 0)")
         class_names = list(class_names)  # plain values in the checkpoint (read by
@@ -173,8 +164,6 @@ class PerceptionModule(L.LightningModule):
         self._log_dir: str | None = None  # where validation overlays go
         self._points: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.nonfinite_steps = 0  # skipped so far (saved in the checkpoint)
-        self.size_depth = SizeDepth(len(class_names)) if box_depth_size else None
-        self.size_loss = DepthLoss(canonical_focal=net_cfg.canonical_focal, grad_weight=0.0)
         self._loss_ok = False  # this step's loss was finite (the EMA takes the step in)
         self._step_ids: list[str] = []
 
@@ -244,8 +233,6 @@ class PerceptionModule(L.LightningModule):
         batch = self.pseudo_label(images, batch)
         outputs = self.model(images)
         total, parts = self.loss(outputs, batch, *self.points(images))
-        if self.size_depth is not None:
-            total, parts = self.add_size_depth(outputs, batch, total, parts)
         self._step_ids = list(batch.ids)
         bad = nonfinite_terms(total, parts)
         if self._any_rank(bool(bad)):
@@ -279,24 +266,6 @@ class PerceptionModule(L.LightningModule):
         self.log("train/pseudo_labeled", float(rows), batch_size=len(batch))
         return batch
 
-    def add_size_depth(
-        self, outputs: HeadOutputs, batch: Batch, total: torch.Tensor, parts: dict
-    ) -> tuple[torch.Tensor, dict]:
-        """``total`` plus the box size depth term (``training.size_depth``), weighted by
-        ``box_depth_size`` times the combiner's current depth weight; heights are measured
-        on this batch first."""
-        self.size_depth.observe(batch)
-        labeled = self.size_depth.labeled(batch)
-        rows = 0.0 if labeled is None else float(labeled.has_depth.sum())
-        self.log("train/size_depth_labeled", rows, batch_size=len(batch))
-        if labeled is None:
-            return total, parts
-        term = self.size_loss(
-            outputs.depth_log, labeled.depth, labeled.valid, labeled.has_depth, labeled.camera
-        ).total
-        weight = self.hparams.box_depth_size * parts["weight_depth"].detach()
-        return total + weight * term, {**parts, "depth_size": term}
-
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         bad = nonfinite_grads(self.model)
         if bad:
@@ -323,13 +292,9 @@ class PerceptionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_steps"] = self.nonfinite_steps
-        if self.size_depth is not None:
-            checkpoint["size_depth"] = self.size_depth.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
-        if self.size_depth is not None and "size_depth" in checkpoint:
-            self.size_depth.load_state_dict(checkpoint["size_depth"])
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimizer step, then the EMA takes it in: once per optimizer step (not per
