@@ -60,6 +60,41 @@ def test_only_confident_pixels_become_labels() -> None:
     assert labels.tolist() == [[[1, 1, IGNORE, 0, 0, IGNORE]]]  # padding is never a label
 
 
+def test_lane_foreground_can_start_below_the_background_confidence() -> None:
+    """Thin lanes: the teacher's own decision (0.5) makes lane pixels, background still
+    needs the full confidence; 0 keeps the symmetric rule."""
+    prob = torch.tensor([[[0.95, 0.7, 0.5, 0.3, 0.1, 0.05]]])  # [1, 1, 6]
+    valid = torch.ones_like(prob, dtype=torch.bool)
+    assert confident_labels(prob, valid, 0.9, positive=0.5).tolist() == [[[1, 1, 1, IGNORE, 0, 0]]]
+    assert confident_labels(prob, valid, 0.9, positive=0).tolist() == [
+        [[1, IGNORE, IGNORE, IGNORE, 0, 0]]
+    ]
+
+
+def test_lane_positive_applies_to_lanes_only_and_flip_mirrors_back(partial_sets) -> None:
+    """The teacher sees each image and its mirror image and its answer for the mirror is
+    mirrored back: a teacher sure of a lane on the left half of whatever it sees averages
+    to p = 0.5 on both halves, which is lane with ``lane_positive=0.5`` and ignored
+    without; drivable at p = 0.5 stays ignored either way."""
+    batch = _batch(*partial_sets)
+    h, w = SIZE
+    lane = torch.full((h, w), -9.0)
+    lane[:, : w // 2] = 9.0
+    teacher = FixedTeacher(torch.stack([lane, torch.zeros((h, w))]))
+    images = batch.images.float() / 255
+    valid = batch.valid[2:]
+
+    new, _ = pseudo_label_segmentation(teacher, images, batch, 0.9, lane_positive=0.5, flip=True)
+    assert len(teacher.modes) == 2  # two views, one teacher call each
+    assert (new.lane[2:][valid] == 1).all()
+    assert (new.drivable[2:] == IGNORE).all()
+    unsure, _ = pseudo_label_segmentation(teacher, images, batch, 0.9, flip=True)
+    assert (unsure.lane[2:] == IGNORE).all()
+    one_view, _ = pseudo_label_segmentation(teacher, images, batch, 0.9, lane_positive=0.5)
+    assert (one_view.lane[2:, :, : w // 2][valid[:, :, : w // 2]] == 1).all()
+    assert (one_view.lane[2:, :, w // 2 :][valid[:, :, w // 2 :]] == 0).all()
+
+
 def test_missing_rows_get_teacher_labels_and_labeled_rows_are_untouched(partial_sets) -> None:
     batch = _batch(*partial_sets)  # rows 0-1 road labels, rows 2-3 depth only
     assert batch.has_lane.tolist() == [True, True, False, False]
@@ -182,3 +217,6 @@ def test_bad_settings_are_refused() -> None:
         _module(seg_pseudo_labels=0.9, seg_pseudo_channels=["road"])
     with pytest.raises(PerceptionError, match="seg_pseudo_channels must be among"):
         _module(seg_pseudo_labels=0.9, seg_pseudo_channels=[])
+    for positive in (0.4, 0.95):
+        with pytest.raises(PerceptionError, match="seg_pseudo_lane_positive must be 0"):
+            _module(seg_pseudo_labels=0.9, seg_pseudo_lane_positive=positive)
