@@ -60,37 +60,23 @@ def test_only_confident_pixels_become_labels() -> None:
     assert labels.tolist() == [[[1, 1, IGNORE, 0, 0, IGNORE]]]  # padding is never a label
 
 
-def test_lane_foreground_can_start_below_the_background_confidence() -> None:
-    """Thin lanes: the teacher's own decision (0.5) makes lane pixels, background still
-    needs the full confidence; 0 keeps the symmetric rule."""
-    prob = torch.tensor([[[0.95, 0.7, 0.5, 0.3, 0.1, 0.05]]])  # [1, 1, 6]
-    valid = torch.ones_like(prob, dtype=torch.bool)
-    assert confident_labels(prob, valid, 0.9, positive=0.5).tolist() == [[[1, 1, 1, IGNORE, 0, 0]]]
-    assert confident_labels(prob, valid, 0.9, positive=0).tolist() == [
-        [[1, IGNORE, IGNORE, IGNORE, 0, 0]]
-    ]
-
-
-def test_lane_positive_applies_to_lanes_only_and_flip_mirrors_back(partial_sets) -> None:
-    """The teacher sees each image and its mirror image and its answer for the mirror is
+def test_flip_averages_the_teacher_with_its_mirror_image(partial_sets) -> None:
+    """The teacher sees each image and its mirror image, and its answer for the mirror is
     mirrored back: a teacher sure of a lane on the left half of whatever it sees averages
-    to p = 0.5 on both halves, which is lane with ``lane_positive=0.5`` and ignored
-    without; drivable at p = 0.5 stays ignored either way."""
+    to p = 0.5 on both halves, which no threshold makes a label."""
     batch = _batch(*partial_sets)
     h, w = SIZE
     lane = torch.full((h, w), -9.0)
     lane[:, : w // 2] = 9.0
-    teacher = FixedTeacher(torch.stack([lane, torch.zeros((h, w))]))
+    teacher = FixedTeacher(torch.stack([lane, torch.full((h, w), 9.0)]))
     images = batch.images.float() / 255
     valid = batch.valid[2:]
 
-    new, _ = pseudo_label_segmentation(teacher, images, batch, 0.9, lane_positive=0.5, flip=True)
-    assert len(teacher.modes) == 2  # two views, one teacher call each
-    assert (new.lane[2:][valid] == 1).all()
-    assert (new.drivable[2:] == IGNORE).all()
-    unsure, _ = pseudo_label_segmentation(teacher, images, batch, 0.9, flip=True)
-    assert (unsure.lane[2:] == IGNORE).all()
-    one_view, _ = pseudo_label_segmentation(teacher, images, batch, 0.9, lane_positive=0.5)
+    new, rows = pseudo_label_segmentation(teacher, images, batch, 0.9, flip=True)
+    assert rows == 2 and len(teacher.modes) == 2  # two views, one teacher call each
+    assert (new.lane[2:] == IGNORE).all()
+    assert (new.drivable[2:][valid] == 1).all()  # the same answer both ways stays sure
+    one_view, _ = pseudo_label_segmentation(teacher, images, batch, 0.9)
     assert (one_view.lane[2:, :, : w // 2][valid[:, :, : w // 2]] == 1).all()
     assert (one_view.lane[2:, :, w // 2 :][valid[:, :, w // 2 :]] == 0).all()
 
@@ -196,6 +182,7 @@ def test_the_training_step_trains_lanes_on_depth_only_images(partial_sets) -> No
             "seg_pseudo_start": 0,
             "seg_pseudo_channels": ["drivable"],
         },
+        "flip": {"seg_pseudo_labels": 0.6, "seg_pseudo_start": 0, "seg_pseudo_flip": True},
     }.items():
         module = _module(**kwargs)
         module.log = module.log_dict = lambda *a, **k: None  # no trainer attached
@@ -206,6 +193,7 @@ def test_the_training_step_trains_lanes_on_depth_only_images(partial_sets) -> No
     assert parts["on"]["seg"] > 0
     # the random teacher is sure of background lanes only: drivable-only labels nothing
     assert parts["on"]["lane_bce"] > 0 and parts["drivable"]["lane_bce"] == 0
+    assert parts["flip"]["lane_bce"] > 0
 
 
 def test_bad_settings_are_refused() -> None:
@@ -217,6 +205,3 @@ def test_bad_settings_are_refused() -> None:
         _module(seg_pseudo_labels=0.9, seg_pseudo_channels=["road"])
     with pytest.raises(PerceptionError, match="seg_pseudo_channels must be among"):
         _module(seg_pseudo_labels=0.9, seg_pseudo_channels=[])
-    for positive in (0.4, 0.95):
-        with pytest.raises(PerceptionError, match="seg_pseudo_lane_positive must be 0"):
-            _module(seg_pseudo_labels=0.9, seg_pseudo_lane_positive=positive)

@@ -31,7 +31,6 @@ from perception.training.nonfinite import ACTIONS, describe, nonfinite_grads, no
 from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
 from perception.training.pseudo import (
     check_channels,
-    check_positive,
     check_threshold,
     pseudo_label_segmentation,
 )
@@ -79,9 +78,6 @@ class PerceptionModule(L.LightningModule):
         seg_pseudo_start: optimizer step from which they are made (the EMA of the first
             steps is close to the random initialisation).
         seg_pseudo_channels: which of ``lane`` and ``drivable`` get pseudo-labels.
-        seg_pseudo_lane_positive: lane probability from which a pseudo-labeled pixel is
-            lane, in [0.5, seg_pseudo_labels] (thin lanes: ``training.pseudo``); 0 = the
-            same confidence as background.
         seg_pseudo_flip: the teacher's probability averaged over each image and its mirror.
         overlay_images: prediction overlays drawn at each validation (0 = off).
         init_weights: a release ``.safetensors`` or ``.ckpt`` to start from (fine-tuning at
@@ -115,7 +111,6 @@ class PerceptionModule(L.LightningModule):
         seg_pseudo_labels: float = 0.0,
         seg_pseudo_start: int = 300,
         seg_pseudo_channels: Sequence[str] = ("lane", "drivable"),
-        seg_pseudo_lane_positive: float = 0.0,
         seg_pseudo_flip: bool = False,
         overlay_images: int = 4,
         init_weights: str | None = None,
@@ -141,7 +136,6 @@ class PerceptionModule(L.LightningModule):
             raise PerceptionError(f"model.ema_ramp must be >= 1, got {ema_ramp}")
         check_threshold(seg_pseudo_labels)
         check_channels(seg_pseudo_channels)
-        check_positive(seg_pseudo_lane_positive, seg_pseudo_labels or 1.0)
         seg_pseudo_channels = list(seg_pseudo_channels)  # a plain list in the hyperparameters
         if seg_pseudo_labels and ema_decay <= 0:
             raise PerceptionError("model.seg_pseudo_labels needs the EMA (model.ema_decay > 0)")
@@ -270,7 +264,6 @@ class PerceptionModule(L.LightningModule):
             threshold,
             self.model.num_seg,
             self.hparams.seg_pseudo_channels,
-            self.hparams.seg_pseudo_lane_positive,
             self.hparams.seg_pseudo_flip,
         )
         self.log("train/pseudo_labeled", float(rows), batch_size=len(batch))

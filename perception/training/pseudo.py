@@ -9,12 +9,8 @@ foreground, ``<= 1 - threshold`` background, the rest ignored (255), as is paddi
 live model is then trained on them exactly as on real labels (mean-teacher self-training
 with hard, confidence-filtered targets; Tarvainen & Valpola 2017, Sohn et al. 2020).
 
-Lane markings are a few pixels wide, and a teacher is rarely sure of their edge pixels
-either way: with one symmetric threshold only their cores become lane labels, and the
-student learns lanes thinner than they are. ``lane_positive`` lets lane foreground start
-lower (0.5: the teacher's own decision) while background still needs the full
-confidence. ``flip`` averages the teacher over the image and its mirror image, a cheap
-ensemble of two views (lanes and road are mirror-symmetric in distribution).
+``flip`` averages the teacher over the image and its mirror image, a cheap ensemble of
+two views (lanes and road are mirror-symmetric in distribution).
 
 An image that has the labels is never touched, so on fully labeled data this is a no-op.
 """
@@ -50,27 +46,15 @@ def check_threshold(threshold: float) -> None:
         )
 
 
-def check_positive(positive: float, threshold: float) -> None:
-    """0 (the threshold itself) or a foreground probability in [0.5, threshold]."""
-    if positive != 0 and not 0.5 <= positive <= threshold:
-        raise PerceptionError(
-            f"model.seg_pseudo_lane_positive must be 0 (= model.seg_pseudo_labels) or in "
-            f"[0.5, {threshold}], got {positive}"
-        )
-
-
-def confident_labels(
-    prob: torch.Tensor, valid: torch.Tensor, threshold: float, positive: float = 0.0
-) -> torch.Tensor:
+def confident_labels(prob: torch.Tensor, valid: torch.Tensor, threshold: float) -> torch.Tensor:
     """``prob`` ``[N, H, W]`` foreground probability -> ``[N, H, W]`` uint8 labels.
 
-    1 where ``prob >= positive`` (``threshold`` when ``positive`` is 0), 0 where
-    ``prob <= 1 - threshold``, ``IGNORE`` between and wherever ``valid`` (``[N, H, W]``
-    bool) is False.
+    1 where ``prob >= threshold``, 0 where ``prob <= 1 - threshold``, ``IGNORE`` between
+    and wherever ``valid`` (``[N, H, W]`` bool) is False.
     """
     labels = torch.full(prob.shape, IGNORE, dtype=torch.uint8, device=prob.device)
     labels[prob <= 1 - threshold] = 0
-    labels[prob >= (positive or threshold)] = 1
+    labels[prob >= threshold] = 1
     labels[~valid] = IGNORE
     return labels
 
@@ -107,7 +91,6 @@ def pseudo_label_segmentation(
     threshold: float,
     channels: int = len(CHANNELS),
     fill: Sequence[str] = CHANNELS,
-    lane_positive: float = 0.0,
     flip: bool = False,
 ) -> tuple[Batch, int]:
     """Fill the missing lane / drivable labels of ``batch`` from ``teacher``.
@@ -119,8 +102,6 @@ def pseudo_label_segmentation(
         threshold: confidence in (0.5, 1) for a pixel to become a label.
         channels: the model's segmentation channels, in ``CHANNELS`` order (1: lane only).
         fill: the channels to pseudo-label (``CHANNELS`` names); the others stay as they are.
-        lane_positive: lane probability from which a pixel is lane, in [0.5, threshold];
-            0 = ``threshold``.
         flip: average the teacher over each image and its mirror image.
 
     Returns:
@@ -128,7 +109,6 @@ def pseudo_label_segmentation(
         images got pseudo-labels. ``batch`` itself is not modified.
     """
     check_threshold(threshold)
-    check_positive(lane_positive, threshold)
     flags = [batch.has_lane.bool(), batch.has_drivable.bool()]  # [B] each
     wanted = [c for c, name in enumerate(CHANNELS[:channels]) if name in fill]
     if threshold == 0 or not wanted:
@@ -143,10 +123,7 @@ def pseudo_label_segmentation(
     for c in wanted:
         rows = ~flags[c][where]  # [N] rows of ``prob`` lacking this channel
         target = where[rows]
-        positive = lane_positive if CHANNELS[c] == "lane" else 0.0
-        labels[c][target] = confident_labels(
-            prob[rows, c], batch.valid[target], threshold, positive
-        )
+        labels[c][target] = confident_labels(prob[rows, c], batch.valid[target], threshold)
         filled[c][target] = True
     new = dataclasses.replace(
         batch, lane=labels[0], drivable=labels[1], has_lane=filled[0], has_drivable=filled[1]
