@@ -142,6 +142,44 @@ def test_weighted_mixing_draws_in_proportion(tiny_dataset):
     assert (torch.tensor(draws) < 4).double().mean().item() == pytest.approx(0.25, abs=0.03)
 
 
+def test_balanced_draws_give_every_batch_its_share(tiny_dataset):
+    """Independent draws at 1 : 2 leave some batches short of the first dataset; balanced
+    ones put 5 or 6 of it in every run of 16 draws, and each dataset's samples come once
+    each before any comes twice."""
+    lengths, weights = [30, 60], [1.0, 2.0]
+    balanced = TrainOrder(90, seed=0, balance=(lengths, weights))
+    free = TrainOrder(90, seed=0, weights=mixing_weights(lengths, weights))
+    counts = {"balanced": [], "free": []}
+    for name, order in (("balanced", balanced), ("free", free)):
+        for epoch in range(20):
+            order.set_epoch(epoch)
+            first = [index < 30 for index, _ in order]  # [90] bool
+            counts[name] += [sum(first[k : k + 16]) for k in range(90 - 16)]
+    assert set(counts["balanced"]) <= {5, 6}
+    assert min(counts["free"]) <= 2 and max(counts["free"]) >= 9  # what it replaces
+    balanced.set_epoch(0)
+    draws = [index for index, _ in balanced]
+    assert sorted(i for i in draws if i < 30) == list(range(30))  # once each, shuffled
+    assert sorted(i for i in draws if i >= 30) == list(range(30, 90))
+    assert draws != sorted(draws)
+    balanced.set_epoch(1)
+    assert [index for index, _ in balanced] != draws  # a new order every epoch
+
+    dm = datamodule(
+        [tiny_dataset("a", num=4), tiny_dataset("b", num=12)],
+        train_weights=[1, 3],
+        balanced_draws=True,
+    )
+    order = dm.train_dataloader().sampler
+    small = [index < 4 for index, _ in order]  # [16]: a quarter of the draws
+    assert all(sum(small[k : k + 4]) == 1 for k in range(0, 16, 4))
+    by_size = datamodule([tiny_dataset("c", num=4), tiny_dataset("d", num=12)],
+                         balanced_draws=True).train_dataloader().sampler  # fmt: skip
+    assert sum(index < 4 for index, _ in by_size) == 4  # no weights: shares by size
+    with pytest.raises(PerceptionError, match="balanced draws need dataset lengths"):
+        TrainOrder(16, balance=([4, 4], [1.0, 1.0]))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

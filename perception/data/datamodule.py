@@ -42,6 +42,10 @@ class PerceptionDataModule(L.LightningDataModule):
         classes: model class names (labels become indices into this list).
         train_weights: share of draws per training root (weighted mixing); ``None`` =
             plain shuffling over all samples.
+        balanced_draws: every batch holds each training root in its share of the draws
+            (``train_weights``, else its size) to within two samples, rather than at
+            random (``data.order.balanced_order``: for roots that each label only some
+            tasks, so that no batch is short of one task's labels).
         val: validation roots (each scored on its own too when there are several).
         val_fraction: fraction of each ``train`` root's ids held out for validation, as
             well as ``val``: a dataset without a published val split (KITTI) next to one
@@ -62,6 +66,7 @@ class PerceptionDataModule(L.LightningDataModule):
         classes: Sequence[str],
         *,
         train_weights: list[float] | None = None,
+        balanced_draws: bool = False,
         val: list[str] | None = None,
         val_fraction: float = 0.0,
         class_map: dict[str, str | None] | None = None,
@@ -138,13 +143,16 @@ class PerceptionDataModule(L.LightningDataModule):
         """Draws in ``TrainOrder`` (a pure function of seed, epoch and position); after a
         resume, the interrupted epoch continues at the draw where it stopped."""
         self.setup("fit")
-        weights = None
-        if self.hparams.train_weights is not None:
-            lengths = [len(d) for d in self.train_set.datasets]
-            weights = mixing_weights(lengths, list(self.hparams.train_weights))
+        weights, balance = None, None
+        lengths = [len(d) for d in self.train_set.datasets]
+        shares = self.hparams.train_weights
+        if self.hparams.balanced_draws:
+            balance = (lengths, list(shares) if shares is not None else [float(n) for n in lengths])
+        elif shares is not None:
+            weights = mixing_weights(lengths, list(shares))
         if self._resume is None:
             self._seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
-        order = TrainOrder(len(self.train_set), self._seed, weights)
+        order = TrainOrder(len(self.train_set), self._seed, weights, balance)
         if self._resume is not None:
             epoch, batches = self._resume
             batches_per_epoch = math.ceil(order.num_samples / self.hparams.batch_size)

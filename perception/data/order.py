@@ -42,6 +42,38 @@ def mixing_weights(lengths: list[int], weights: list[float]) -> torch.Tensor:
     return torch.tensor(per_sample, dtype=torch.double)
 
 
+def balanced_order(
+    lengths: list[int], weights: list[float], n: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``[n]`` indices into the concatenated datasets, mixed evenly rather than at random.
+
+    Each draw takes the dataset furthest behind its share ``weights[i] / sum`` so far, so
+    every prefix of the draws holds each dataset in proportion to within one draw, and any
+    batch of consecutive draws to within two. Within a dataset the samples come in a
+    shuffled order, a new one each time they are used up. Why: with datasets that each
+    label only some tasks, a task's loss in a batch comes from its labeled samples alone;
+    independent draws at 1 : 2 put anywhere from 0 to 16 of a batch of 16 in the first
+    dataset (5.3 on average; 2 or fewer in about one batch in 17), and such batches give
+    that task a noisy gradient.
+    """
+    shares = [w / sum(weights) if size else 0.0 for w, size in zip(weights, lengths, strict=True)]
+    counts = [0] * len(lengths)
+    which = []
+    for k in range(n):
+        d = max(range(len(shares)), key=lambda i: (k + 1) * shares[i] - counts[i])
+        counts[d] += 1
+        which.append(d)
+    which = torch.tensor(which)  # [n] dataset of each draw
+    order = torch.empty(n, dtype=torch.long)  # [n]
+    offset = 0
+    for i, (size, count) in enumerate(zip(lengths, counts, strict=True)):
+        if count:
+            laps = [torch.randperm(size, generator=generator) for _ in range(-(-count // size))]
+            order[which == i] = torch.cat(laps)[:count] + offset
+        offset += size
+    return order
+
+
 class TrainOrder(DistributedSampler):
     """Draws ``(index, augmentation seed)`` for one epoch, this process's share of them.
 
@@ -50,22 +82,35 @@ class TrainOrder(DistributedSampler):
         seed: the run's seed (``seed_everything``).
         weights: ``[size]`` per-sample weights: draws with replacement in proportion
             (``mixing_weights``); ``None`` = a permutation (each sample once per epoch).
+        balance: ``(lengths, weights)`` of the concatenated datasets: evenly mixed draws
+            (``balanced_order``) instead; ``weights`` must then be None.
     """
 
-    def __init__(self, size: int, seed: int = 0, weights: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        seed: int = 0,
+        weights: torch.Tensor | None = None,
+        balance: tuple[list[int], list[float]] | None = None,
+    ) -> None:
         if weights is not None and len(weights) != size:
             raise PerceptionError(f"{len(weights)} sample weights for {size} samples")
+        if balance is not None and (weights is not None or sum(balance[0]) != size):
+            raise PerceptionError(f"balanced draws need dataset lengths summing to {size}")
         world = world_size()
         rank = dist.get_rank() if world > 1 else 0
         super().__init__(range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed)
         self.weights = weights
+        self.balance = balance
         self.skip = 0  # draws of this process to leave out at the start of the next epoch
 
     def draws(self) -> list[Draw]:
         """This epoch's draws for this process, from the start of the epoch."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = len(self.dataset)
-        if self.weights is None:
+        if self.balance is not None:
+            order = balanced_order(*self.balance, n, g)  # [n]
+        elif self.weights is None:
             order = torch.randperm(n, generator=g)  # [n]
         else:
             order = torch.multinomial(self.weights, n, replacement=True, generator=g)  # [n]
