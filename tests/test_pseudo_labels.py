@@ -60,27 +60,6 @@ def test_only_confident_pixels_become_labels() -> None:
     assert labels.tolist() == [[[1, 1, IGNORE, 0, 0, IGNORE]]]  # padding is never a label
 
 
-def test_flip_averages_the_teacher_with_its_mirror_image(partial_sets) -> None:
-    """The teacher sees each image and its mirror image, and its answer for the mirror is
-    mirrored back: a teacher sure of a lane on the left half of whatever it sees averages
-    to p = 0.5 on both halves, which no threshold makes a label."""
-    batch = _batch(*partial_sets)
-    h, w = SIZE
-    lane = torch.full((h, w), -9.0)
-    lane[:, : w // 2] = 9.0
-    teacher = FixedTeacher(torch.stack([lane, torch.full((h, w), 9.0)]))
-    images = batch.images.float() / 255
-    valid = batch.valid[2:]
-
-    new, rows = pseudo_label_segmentation(teacher, images, batch, 0.9, flip=True)
-    assert rows == 2 and len(teacher.modes) == 2  # two views, one teacher call each
-    assert (new.lane[2:] == IGNORE).all()
-    assert (new.drivable[2:][valid] == 1).all()  # the same answer both ways stays sure
-    one_view, _ = pseudo_label_segmentation(teacher, images, batch, 0.9)
-    assert (one_view.lane[2:, :, : w // 2][valid[:, :, : w // 2]] == 1).all()
-    assert (one_view.lane[2:, :, w // 2 :][valid[:, :, w // 2 :]] == 0).all()
-
-
 def test_missing_rows_get_teacher_labels_and_labeled_rows_are_untouched(partial_sets) -> None:
     batch = _batch(*partial_sets)  # rows 0-1 road labels, rows 2-3 depth only
     assert batch.has_lane.tolist() == [True, True, False, False]
@@ -182,7 +161,6 @@ def test_the_training_step_trains_lanes_on_depth_only_images(partial_sets) -> No
             "seg_pseudo_start": 0,
             "seg_pseudo_channels": ["drivable"],
         },
-        "flip": {"seg_pseudo_labels": 0.6, "seg_pseudo_start": 0, "seg_pseudo_flip": True},
     }.items():
         module = _module(**kwargs)
         module.log = module.log_dict = lambda *a, **k: None  # no trainer attached
@@ -193,7 +171,6 @@ def test_the_training_step_trains_lanes_on_depth_only_images(partial_sets) -> No
     assert parts["on"]["seg"] > 0
     # the random teacher is sure of background lanes only: drivable-only labels nothing
     assert parts["on"]["lane_bce"] > 0 and parts["drivable"]["lane_bce"] == 0
-    assert parts["flip"]["lane_bce"] > 0
 
 
 def test_bad_settings_are_refused() -> None:

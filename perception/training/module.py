@@ -78,7 +78,6 @@ class PerceptionModule(L.LightningModule):
         seg_pseudo_start: optimizer step from which they are made (the EMA of the first
             steps is close to the random initialisation).
         seg_pseudo_channels: which of ``lane`` and ``drivable`` get pseudo-labels.
-        seg_pseudo_flip: the teacher's probability averaged over each image and its mirror.
         overlay_images: prediction overlays drawn at each validation (0 = off).
         init_weights: a release ``.safetensors`` or ``.ckpt`` to start from (fine-tuning at
             another input size or on other data; ``checkpoints.init_from``). Not a resume:
@@ -111,7 +110,6 @@ class PerceptionModule(L.LightningModule):
         seg_pseudo_labels: float = 0.0,
         seg_pseudo_start: int = 300,
         seg_pseudo_channels: Sequence[str] = ("lane", "drivable"),
-        seg_pseudo_flip: bool = False,
         overlay_images: int = 4,
         init_weights: str | None = None,
         untrained_tasks: Sequence[str] = (),
@@ -264,7 +262,6 @@ class PerceptionModule(L.LightningModule):
             threshold,
             self.model.num_seg,
             self.hparams.seg_pseudo_channels,
-            self.hparams.seg_pseudo_flip,
         )
         self.log("train/pseudo_labeled", float(rows), batch_size=len(batch))
         return batch

@@ -9,9 +9,6 @@ foreground, ``<= 1 - threshold`` background, the rest ignored (255), as is paddi
 live model is then trained on them exactly as on real labels (mean-teacher self-training
 with hard, confidence-filtered targets; Tarvainen & Valpola 2017, Sohn et al. 2020).
 
-``flip`` averages the teacher over the image and its mirror image, a cheap ensemble of
-two views (lanes and road are mirror-symmetric in distribution).
-
 An image that has the labels is never touched, so on fully labeled data this is a no-op.
 """
 
@@ -61,27 +58,23 @@ def confident_labels(prob: torch.Tensor, valid: torch.Tensor, threshold: float) 
 
 @torch.no_grad()
 def teacher_seg_prob(
-    teacher: nn.Module, images: torch.Tensor, size: tuple[int, int], flip: bool = False
+    teacher: nn.Module, images: torch.Tensor, size: tuple[int, int]
 ) -> torch.Tensor:
     """``images`` ``[N, 3, H, W]`` -> the teacher's ``[N, S, *size]`` float probabilities.
 
     Runs in eval mode (running BatchNorm statistics: a train-mode forward would move the
     teacher's averages, and the statistics of a few images are noisy), then restores the
     mode it found. Logits are resized bilinearly to the label size, as the loss does.
-    ``flip``: the mean probability of the images and their mirror images, mirrored back.
     """
     was_training = teacher.training
     teacher.eval()
-    views = [images, images.flip(-1)] if flip else [images]
     try:
-        logits = [teacher(v).seg_logits.float() for v in views]  # [N, S, h, w] each
+        logits = teacher(images).seg_logits.float()  # [N, S, h, w]
     finally:
         teacher.train(was_training)
-    if flip:
-        logits[1] = logits[1].flip(-1)  # back to the image's own orientation
-    if logits[0].shape[-2:] != size:
-        logits = [F.interpolate(x, size=size, mode="bilinear", align_corners=False) for x in logits]
-    return torch.stack(logits).sigmoid().mean(0)
+    if logits.shape[-2:] != size:
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return logits.sigmoid()
 
 
 def pseudo_label_segmentation(
@@ -91,7 +84,6 @@ def pseudo_label_segmentation(
     threshold: float,
     channels: int = len(CHANNELS),
     fill: Sequence[str] = CHANNELS,
-    flip: bool = False,
 ) -> tuple[Batch, int]:
     """Fill the missing lane / drivable labels of ``batch`` from ``teacher``.
 
@@ -102,7 +94,6 @@ def pseudo_label_segmentation(
         threshold: confidence in (0.5, 1) for a pixel to become a label.
         channels: the model's segmentation channels, in ``CHANNELS`` order (1: lane only).
         fill: the channels to pseudo-label (``CHANNELS`` names); the others stay as they are.
-        flip: average the teacher over each image and its mirror image.
 
     Returns:
         ``(batch, rows)``: a new batch whose filled rows are flagged labeled, and how many
@@ -116,7 +107,7 @@ def pseudo_label_segmentation(
     missing = ~torch.stack([flags[c] for c in wanted]).all(0)  # [B]
     if not bool(missing.any()):
         return batch, 0
-    prob = teacher_seg_prob(teacher, images[missing], tuple(batch.lane.shape[-2:]), flip)
+    prob = teacher_seg_prob(teacher, images[missing], tuple(batch.lane.shape[-2:]))
     where = missing.nonzero().squeeze(1)  # [N] batch rows of ``prob``
     labels = [batch.lane.clone(), batch.drivable.clone()]  # [B, H, W] uint8 each
     filled = [batch.has_lane.clone(), batch.has_drivable.clone()]  # [B] each
