@@ -27,6 +27,7 @@ from perception.models import ModelConfig, build_model
 from perception.ops.distributed import all_reduce_sum, world_size
 from perception.structures import TASKS, Batch, HeadOutputs
 from perception.training.ema import ModelEMA
+from perception.training.label_share import scale_by_label_share
 from perception.training.nonfinite import ACTIONS, describe, nonfinite_grads, nonfinite_terms
 from perception.training.optim import OPTIMIZERS, build_optimizer, warmup_cosine
 from perception.training.pseudo import (
@@ -78,6 +79,8 @@ class PerceptionModule(L.LightningModule):
         seg_pseudo_start: optimizer step from which they are made (the EMA of the first
             steps is close to the random initialisation).
         seg_pseudo_channels: which of ``lane`` and ``drivable`` get pseudo-labels.
+        label_share_gradients: scale each task's gradient by the share of the batch
+            labeled for it (``training.label_share``); a no-op on fully labeled data.
         overlay_images: prediction overlays drawn at each validation (0 = off).
         init_weights: a release ``.safetensors`` or ``.ckpt`` to start from (fine-tuning at
             another input size or on other data; ``checkpoints.init_from``). Not a resume:
@@ -110,6 +113,7 @@ class PerceptionModule(L.LightningModule):
         seg_pseudo_labels: float = 0.0,
         seg_pseudo_start: int = 300,
         seg_pseudo_channels: Sequence[str] = ("lane", "drivable"),
+        label_share_gradients: bool = False,
         overlay_images: int = 4,
         init_weights: str | None = None,
         untrained_tasks: Sequence[str] = (),
@@ -232,6 +236,8 @@ class PerceptionModule(L.LightningModule):
         images = self.float_images(batch)
         batch = self.pseudo_label(images, batch)
         outputs = self.model(images)
+        if self.hparams.label_share_gradients:
+            outputs = scale_by_label_share(outputs, batch)
         total, parts = self.loss(outputs, batch, *self.points(images))
         self._step_ids = list(batch.ids)
         bad = nonfinite_terms(total, parts)
