@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from perception.data.collate import collate
+from perception.data.datamodule import PerceptionDataModule
 from perception.data.formats import v1
+from perception.data.synthetic.scene import CLASSES as ALL_CLASSES
+from perception.data.synthetic.writer import write_dataset
 from perception.structures import Camera
 
 # CI has 2 cores and pytest-xdist runs 2 workers: more threads per worker only thrash.
@@ -131,3 +135,21 @@ def tiny_model_section(**overrides: object) -> dict:
         "warmup_steps": 2,
         **overrides,
     }
+
+
+def write_partial_sets(
+    root: Path, size: tuple[int, int], road: int = 2, depth: int = 2
+) -> tuple[Path, Path]:
+    """A synthetic boxes-lanes-drivable set of ``road`` images and a disjoint boxes-depth
+    set of ``depth`` images under ``root``: the two halves of a partially labeled mix."""
+    a = write_dataset(root / "a", num=road, seed=1, size=size, tasks=["det", "lane", "drivable"])
+    b = write_dataset(root / "b", num=depth, seed=2, size=size, tasks=["det", "depth"])
+    return a, b
+
+
+def unaugmented_batch(roots: tuple[Path, ...], size: tuple[int, int]):
+    """One batch holding every training sample of ``roots`` in order, unaugmented."""
+    data = PerceptionDataModule([str(r) for r in roots], list(ALL_CLASSES), image_size=size,
+                                batch_size=4, num_workers=0, augment=False)  # fmt: skip
+    data.setup("fit")
+    return collate([data.train_set[i] for i in range(len(data.train_set))])

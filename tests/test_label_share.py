@@ -6,11 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import unaugmented_batch, write_partial_sets
 
-from perception.data.collate import collate
-from perception.data.datamodule import PerceptionDataModule
 from perception.data.synthetic.scene import CLASSES
-from perception.data.synthetic.writer import write_dataset
 from perception.structures import HeadOutputs
 from perception.training.label_share import label_shares, scale_by_label_share
 from perception.training.module import PerceptionModule
@@ -22,17 +20,11 @@ NET = {"backbone": "resnet18", "neck_width": 16, "head_width": 16}
 @pytest.fixture(scope="module")
 def partial_sets(tmp_path_factory) -> tuple[Path, Path]:
     """A boxes-lanes-drivable set of 1 image and a boxes-depth set of 3."""
-    root = tmp_path_factory.mktemp("label_share")
-    road = write_dataset(root / "a", num=1, seed=1, size=SIZE, tasks=["det", "lane", "drivable"])
-    depth = write_dataset(root / "b", num=3, seed=2, size=SIZE, tasks=["det", "depth"])
-    return road, depth
+    return write_partial_sets(tmp_path_factory.mktemp("label_share"), SIZE, road=1, depth=3)
 
 
 def _batch(*roots: Path):
-    data = PerceptionDataModule([str(r) for r in roots], list(CLASSES), image_size=SIZE,
-                                batch_size=4, num_workers=0, augment=False)  # fmt: skip
-    data.setup("fit")
-    return collate([data.train_set[i] for i in range(len(data.train_set))])
+    return unaugmented_batch(roots, SIZE)
 
 
 def _outputs(seed: int) -> HeadOutputs:

@@ -7,12 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import unaugmented_batch, write_partial_sets
 from torch import nn
 
-from perception.data.collate import collate
-from perception.data.datamodule import PerceptionDataModule
 from perception.data.synthetic.scene import CLASSES
-from perception.data.synthetic.writer import write_dataset
 from perception.data.transforms import IGNORE
 from perception.errors import PerceptionError
 from perception.training.module import PerceptionModule
@@ -38,18 +36,12 @@ class FixedTeacher(nn.Module):
 @pytest.fixture(scope="module")
 def partial_sets(tmp_path_factory) -> tuple[Path, Path]:
     """A boxes-lanes-drivable set and a boxes-depth set of 2 images each."""
-    root = tmp_path_factory.mktemp("seg_pseudo")
-    road = write_dataset(root / "a", num=2, seed=1, size=SIZE, tasks=["det", "lane", "drivable"])
-    depth = write_dataset(root / "b", num=2, seed=2, size=SIZE, tasks=["det", "depth"])
-    return road, depth
+    return write_partial_sets(tmp_path_factory.mktemp("seg_pseudo"), SIZE)
 
 
 def _batch(*roots: Path):
     """One batch holding every sample of ``roots`` in order, unaugmented."""
-    data = PerceptionDataModule([str(r) for r in roots], list(CLASSES), image_size=SIZE,
-                                batch_size=4, num_workers=0, augment=False)  # fmt: skip
-    data.setup("fit")
-    return collate([data.train_set[i] for i in range(len(data.train_set))])
+    return unaugmented_batch(roots, SIZE)
 
 
 def test_only_confident_pixels_become_labels() -> None:
