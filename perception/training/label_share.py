@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from perception.structures import Batch, HeadOutputs
+from perception.structures import TASKS, Batch, HeadOutputs
 
 
 def scale_gradient(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -27,14 +27,8 @@ def scale_gradient(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def label_shares(batch: Batch) -> dict[str, torch.Tensor]:
-    """Per task, the ``[]`` float share of the batch's rows labeled for it."""
-    flags = {
-        "det": batch.has_det,
-        "lane": batch.has_lane,
-        "drivable": batch.has_drivable,
-        "depth": batch.has_depth,
-    }
-    return {task: flag.float().mean() for task, flag in flags.items()}
+    """Per task of ``TASKS``, the ``[]`` float share of the batch's rows labeled for it."""
+    return {task: getattr(batch, f"has_{task}").float().mean() for task in TASKS}
 
 
 def scale_by_label_share(outputs: HeadOutputs, batch: Batch) -> HeadOutputs:
